@@ -1,0 +1,200 @@
+#include "config.hpp"
+
+#include <openssl/opensslv.h>
+
+#include <CLI/CLI.hpp>
+#include <asio/version.hpp>
+#include <cstring>
+
+#include "build_info.hpp"
+#include "duration.hpp"
+
+namespace tcptunnel {
+
+namespace {
+
+constexpr const char* legacy_usage =
+    "usage: tcptunnel LOCAL_PORT REMOTE_HOST REMOTE_PORT [BIND_HOST], or tcptunnel --help";
+
+std::string quote_input(std::string_view text) {
+    return "\"" + escape_for_log(text, 80) + "\"";
+}
+
+listen_spec make_listen_spec(const std::string& text) {
+    try {
+        listen_spec spec;
+        spec.endpoint = parse_endpoint(text, "localhost", true);
+        spec.display = format_endpoint(spec.endpoint);
+        return spec;
+    } catch (const parse_error& error) {
+        throw usage_error("--listen " + quote_input(text) + ": " + error.what() +
+                          " (expected HOST:PORT, [IPV6]:PORT or PORT)");
+    }
+}
+
+std::chrono::milliseconds make_duration(const char* option, const std::string& text) {
+    try {
+        return parse_duration(text);
+    } catch (const parse_error& error) {
+        throw usage_error(std::string(option) + " " + quote_input(text) + ": " + error.what() +
+                          " (expected a duration such as 500ms, 10s or 2m)");
+    }
+}
+
+// The old script's form: LOCAL_PORT REMOTE_HOST REMOTE_PORT [BIND_HOST].
+command_line parse_legacy_form(int argc, const char* const* argv) {
+    if (argc < 4 || argc > 5) {
+        throw usage_error(std::string("expected 3 or 4 arguments, got ") +
+                          std::to_string(argc - 1) + " (" + legacy_usage + ")");
+    }
+    const std::string local_port = argv[1];
+    const std::string remote_host = argv[2];
+    const std::string remote_port = argv[3];
+    const std::string bind_host = argc == 5 ? argv[4] : "localhost";
+
+    command_line result;
+    auto& config = result.config;
+    listen_spec listen;
+    try {
+        listen.endpoint.port = parse_port(local_port);
+    } catch (const parse_error& error) {
+        throw usage_error("LOCAL_PORT " + quote_input(local_port) + ": " + error.what() + " (" +
+                          legacy_usage + ")");
+    }
+    try {
+        config.upstream = parse_endpoint(format_endpoint(remote_host, parse_port(remote_port)));
+    } catch (const parse_error& error) {
+        throw usage_error("REMOTE_HOST " + quote_input(remote_host) + " REMOTE_PORT " +
+                          quote_input(remote_port) + ": " + error.what() + " (" + legacy_usage + ")");
+    }
+    try {
+        listen.endpoint.host = parse_endpoint(format_endpoint(bind_host, 1)).host;
+    } catch (const parse_error& error) {
+        throw usage_error("BIND_HOST " + quote_input(bind_host) + ": " + error.what() + " (" +
+                          legacy_usage + ")");
+    }
+
+    // The ready line is a contract with the scripts that wait for it: hosts exactly as given.
+    listen.display = bind_host + ":" + local_port;
+    config.upstream_display = remote_host + ":" + remote_port;
+    config.listen.push_back(std::move(listen));
+    return result;
+}
+
+}  // namespace
+
+std::string version_text() {
+    std::string text = "tcptunnel ";
+    text += build_info::version;
+    text += " (asio ";
+    text += build_info::asio_version;
+    text += ", ";
+    text += OPENSSL_VERSION_TEXT;
+    text += build_info::static_link ? ", static)" : ", dynamic)";
+    return text;
+}
+
+command_line parse_command_line(int argc, const char* const* argv) {
+    if (argc >= 2 && argv[1][0] != '-' && argv[1][0] != '\0') {
+        return parse_legacy_form(argc, argv);
+    }
+
+    command_line result;
+    auto& config = result.config;
+    std::vector<std::string> listen_texts;
+    std::string upstream_text = "host.docker.internal:18443";
+    std::string connect_timeout_text = format_duration(config.connect_timeout);
+    std::string drain_timeout_text = format_duration(config.drain_timeout);
+    std::string level_text = "info";
+    std::string format_text = "text";
+
+    CLI::App app{"Relays TCP connections from local listeners to one upstream address.",
+                 "tcptunnel"};
+    app.set_version_flag("--version", version_text());
+    app.footer(
+        "Also: tcptunnel LOCAL_PORT REMOTE_HOST REMOTE_PORT [BIND_HOST] (the positional form),\n"
+        "      tcptunnel probe --help (health check).\n"
+        "Every option can also be set as TCPTUNNEL_<OPTION>, e.g. TCPTUNNEL_CONNECT_TIMEOUT=5s.");
+    app.add_option("--listen", listen_texts,
+                   "Address to listen on: HOST:PORT, [IPV6]:PORT or PORT (repeatable; "
+                   "localhost means 127.0.0.1 and ::1; port 0 picks a free port)")
+        ->default_str("localhost:18443")
+        ->allow_extra_args(false)
+        ->envname("TCPTUNNEL_LISTEN")
+        ->delimiter(',');
+    app.add_option("--to", upstream_text, "Upstream address: HOST:PORT or [IPV6]:PORT")
+        ->capture_default_str()
+        ->envname("TCPTUNNEL_TO");
+    app.add_option("--connect-timeout", connect_timeout_text,
+                   "Time allowed for each upstream connection attempt")
+        ->capture_default_str()
+        ->envname("TCPTUNNEL_CONNECT_TIMEOUT");
+    app.add_option("--drain-timeout", drain_timeout_text,
+                   "On SIGTERM/SIGINT, time open connections get to finish before they are closed")
+        ->capture_default_str()
+        ->envname("TCPTUNNEL_DRAIN_TIMEOUT");
+    app.add_option("--log-level", level_text, "Least severe log lines written")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"error", "warn", "info", "debug"}))
+        ->envname("TCPTUNNEL_LOG_LEVEL");
+    app.add_option("--log-format", format_text, "Log line format on stderr")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"text", "json"}))
+        ->envname("TCPTUNNEL_LOG_FORMAT");
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::CallForHelp&) {
+        result.what = command_line::action::print_and_exit;
+        result.output = app.help();
+        return result;
+    } catch (const CLI::CallForVersion&) {
+        result.what = command_line::action::print_and_exit;
+        result.output = version_text() + "\n";
+        return result;
+    } catch (const CLI::ExtrasError&) {
+        // CLI11's own text spans several words and lines; name the first stray argument.
+        const auto extras = app.remaining();
+        const auto first = extras.empty() ? std::string("argument") : extras.front();
+        throw usage_error("unknown option " + escape_for_log(first, 80) +
+                          " (see tcptunnel --help)");
+    } catch (const CLI::ParseError& error) {
+        std::string message = error.what();
+        std::replace(message.begin(), message.end(), '\n', ' ');
+        throw usage_error(message + " (see tcptunnel --help)");
+    }
+
+    if (listen_texts.empty()) {
+        listen_texts.push_back("localhost:18443");
+    }
+    for (const auto& text : listen_texts) {
+        config.listen.push_back(make_listen_spec(text));
+    }
+    try {
+        config.upstream = parse_endpoint(upstream_text);
+        config.upstream_display = format_endpoint(config.upstream);
+    } catch (const parse_error& error) {
+        throw usage_error("--to " + quote_input(upstream_text) + ": " + error.what() +
+                          " (expected HOST:PORT or [IPV6]:PORT)");
+    }
+    config.connect_timeout = make_duration("--connect-timeout", connect_timeout_text);
+    if (config.connect_timeout.count() == 0) {
+        throw usage_error("--connect-timeout must be more than 0 (expected e.g. 10s)");
+    }
+    config.drain_timeout = make_duration("--drain-timeout", drain_timeout_text);
+
+    static constexpr std::pair<const char*, log_level> levels[] = {
+        {"error", log_level::error},
+        {"warn", log_level::warn},
+        {"info", log_level::info},
+        {"debug", log_level::debug}};
+    for (const auto& [name, level] : levels) {
+        if (level_text == name) {
+            config.level = level;
+        }
+    }
+    config.format = format_text == "json" ? log_format::json : log_format::text;
+    return result;
+}
+
+}  // namespace tcptunnel

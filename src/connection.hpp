@@ -1,0 +1,53 @@
+// One client connection: connect upstream, relay, log one summary line.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <list>
+#include <map>
+#include <string>
+
+#include "asio_common.hpp"
+#include "config.hpp"
+#include "log.hpp"
+
+namespace tcptunnel {
+
+class relay;
+
+// Process-wide counters, summed over all threads (relaxed atomics: they are only reported).
+struct tunnel_stats {
+    std::atomic<std::uint64_t> accepted{0};
+    std::atomic<std::uint64_t> active{0};
+    std::atomic<std::uint64_t> refused{0};
+    std::atomic<std::uint64_t> upstream_failures{0};
+    std::atomic<std::uint64_t> bytes_from_client{0};
+    std::atomic<std::uint64_t> bytes_from_upstream{0};
+};
+
+// What the worker knows of a live connection, so that it can end it at the drain deadline.
+struct connection_handle {
+    tcp::socket* downstream = nullptr;
+    relay* active_relay = nullptr;  // set once the upstream is connected
+
+    void abort(const char* reason);
+};
+
+// The worker's side of its connections; one per io_context, used from its thread only.
+struct connection_context {
+    const tunnel_config& config;
+    tunnel_stats& stats;
+    std::list<connection_handle*> live;
+    std::map<std::string, log_rate_limiter> failure_logs;  // by diagnosis word
+    std::function<void()> on_connection_end;               // called after each connection ends
+};
+
+// Serves one accepted client until both directions are done. Never throws.
+asio::awaitable<void> serve_connection(tcp::socket downstream, connection_context& context,
+                                       std::uint64_t id);
+
+// "ADDRESS:PORT" of a socket's peer, or "?" once it is gone.
+std::string peer_text(const tcp::socket& socket);
+
+}  // namespace tcptunnel

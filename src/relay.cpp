@@ -1,0 +1,209 @@
+#include "relay.hpp"
+
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
+
+#include "buffer_pool.hpp"
+
+namespace tcptunnel {
+
+namespace {
+
+// How long a reset waits for the survivor to take the bytes already relayed to it, counted from
+// the last time its send queue shrank.
+constexpr auto reset_drain_stall_limit = std::chrono::seconds(2);
+constexpr auto reset_drain_poll = std::chrono::milliseconds(5);
+
+bool is_reset(const std::error_code& error) {
+    return error == asio::error::connection_reset || error == asio::error::broken_pipe;
+}
+
+std::string describe(const std::error_code& error) {
+    if (is_reset(error)) {
+        return "rst";
+    }
+    if (error == asio::error::timed_out) {
+        return "timeout";
+    }
+    return "error: " + error.message();
+}
+
+// Bytes the kernel still holds for this socket: not yet sent, or sent and not yet acknowledged.
+int unsent_bytes(tcp::socket& socket) {
+    int queued = 0;
+    if (::ioctl(socket.native_handle(), SIOCOUTQ, &queued) != 0) {
+        return 0;
+    }
+    return queued;
+}
+
+}  // namespace
+
+relay::relay(tcp::socket& downstream, tcp::socket& upstream, relay_options options)
+    : downstream_(downstream),
+      upstream_(upstream),
+      options_(options),
+      client_to_upstream_{downstream, upstream, "client"},
+      upstream_to_client_{upstream, downstream, "upstream"},
+      watchdog_timer_(downstream.get_executor()),
+      last_activity_(std::chrono::steady_clock::now()) {}
+
+asio::awaitable<void> relay::run() {
+    const auto executor = co_await asio::this_coro::executor;
+    pumps_running_ = 2;
+    asio::co_spawn(executor, pump_until_done(client_to_upstream_), asio::detached);
+    asio::co_spawn(executor, pump_until_done(upstream_to_client_), asio::detached);
+
+    co_await watchdog();
+    close_both();
+}
+
+void relay::abort(const char* reason) {
+    if (ending_) {
+        return;
+    }
+    ending_ = true;
+    note_end("tunnel", reason);
+    close_both();
+}
+
+void relay::note_end(const char* side, std::string how) {
+    if (closed_by_.empty()) {
+        closed_by_ = side;
+        how_ = std::move(how);
+    }
+}
+
+void relay::close_both() {
+    std::error_code ignored;
+    downstream_.close(ignored);
+    upstream_.close(ignored);
+}
+
+asio::awaitable<void> relay::pump_until_done(relay_direction& direction) {
+    co_await pump(direction);
+
+    direction.done = true;
+    --pumps_running_;
+    if (half_closed_at_ == std::chrono::steady_clock::time_point{}) {
+        half_closed_at_ = std::chrono::steady_clock::now();
+    }
+    watchdog_timer_.cancel();
+}
+
+asio::awaitable<void> relay::pump(relay_direction& direction) {
+    auto& pool = buffer_pool::for_this_thread();
+    for (;;) {
+        // Wait for readiness first and take a buffer only then: an idle connection holds none.
+        auto [wait_error] = co_await direction.from.async_wait(tcp::socket::wait_read, use_nothrow);
+        if (ending_ || wait_error == asio::error::operation_aborted) {
+            co_return;
+        }
+
+        buffer_pool::lease buffer(pool);
+        for (;;) {
+            std::error_code read_error;
+            const auto count = direction.from.read_some(
+                asio::buffer(buffer.data(), buffer_pool::lease::size()), read_error);
+            if (read_error == asio::error::would_block) {
+                break;
+            }
+
+            if (read_error == asio::error::eof) {
+                note_end(direction.source_name, "fin");
+                std::error_code ignored;
+                direction.to.shutdown(tcp::socket::shutdown_send, ignored);
+                co_return;
+            }
+
+            if (read_error) {
+                note_end(direction.source_name, describe(read_error));
+                co_await reset_through(direction.from, direction.to);
+                co_return;
+            }
+
+            // The next read waits for this write: the writer's pace bounds what is held.
+            auto [write_error, written] =
+                co_await asio::async_write(direction.to, asio::buffer(buffer.data(), count),
+                                           use_nothrow);
+            if (ending_ || write_error == asio::error::operation_aborted) {
+                co_return;
+            }
+            if (write_error) {
+                const char* receiver = direction.source_name[0] == 'c' ? "upstream" : "client";
+                note_end(receiver, describe(write_error));
+                co_await reset_through(direction.to, direction.from);
+                co_return;
+            }
+
+            direction.bytes += written;
+            last_activity_ = std::chrono::steady_clock::now();
+
+            // A short read means the socket was drained a moment ago; waiting for the next edge
+            // saves a read that would only say EAGAIN.
+            if (count < buffer_pool::lease::size()) {
+                break;
+            }
+        }
+    }
+}
+
+asio::awaitable<void> relay::reset_through(tcp::socket& dead, tcp::socket& survivor) {
+    if (ending_) {
+        co_return;
+    }
+    ending_ = true;
+
+    // Stop the other pump: it reads from `survivor` and writes to `dead`.
+    std::error_code ignored;
+    dead.close(ignored);
+    survivor.cancel(ignored);
+
+    // A reset discards the survivor's send queue, so first let the bytes already relayed to it
+    // leave; only a peer that stops taking them for a while loses them.
+    asio::steady_timer poll(survivor.get_executor());
+    auto last_progress = std::chrono::steady_clock::now();
+    int last_queued = unsent_bytes(survivor);
+    while (last_queued > 0 && survivor.is_open() &&
+           std::chrono::steady_clock::now() - last_progress < reset_drain_stall_limit) {
+        poll.expires_after(reset_drain_poll);
+        co_await poll.async_wait(use_nothrow);
+        const int queued = unsent_bytes(survivor);
+        if (queued < last_queued) {
+            last_progress = std::chrono::steady_clock::now();
+        }
+        last_queued = queued;
+    }
+
+    if (survivor.is_open()) {
+        survivor.set_option(asio::socket_base::linger(true, 0), ignored);
+        survivor.close(ignored);
+    }
+}
+
+asio::awaitable<void> relay::watchdog() {
+    using clock = std::chrono::steady_clock;
+    while (pumps_running_ > 0) {
+        auto deadline = clock::time_point::max();
+        const char* reason = nullptr;
+        if (!ending_ && options_.idle_timeout.count() > 0) {
+            deadline = last_activity_ + options_.idle_timeout;
+            reason = "idle-timeout";
+        }
+        const bool half_closed = client_to_upstream_.done != upstream_to_client_.done;
+        if (half_closed && !ending_ && options_.half_close_timeout.count() > 0 &&
+            half_closed_at_ + options_.half_close_timeout < deadline) {
+            deadline = half_closed_at_ + options_.half_close_timeout;
+            reason = "half-close-timeout";
+        }
+
+        if (reason && clock::now() >= deadline) {
+            abort(reason);
+        } else {
+            watchdog_timer_.expires_at(deadline);
+            co_await watchdog_timer_.async_wait(use_nothrow);
+        }
+    }
+}
+
+}  // namespace tcptunnel
