@@ -105,6 +105,9 @@ command_line parse_command_line(int argc, const char* const* argv) {
     std::string upstream_text = "host.docker.internal:18443";
     std::string connect_timeout_text = format_duration(config.connect_timeout);
     std::string drain_timeout_text = format_duration(config.drain_timeout);
+    std::string idle_timeout_text = "0";
+    std::string half_close_timeout_text = "0";
+    std::string splice_text = "auto";
     std::string level_text = "info";
     std::string format_text = "text";
 
@@ -133,6 +136,30 @@ command_line parse_command_line(int argc, const char* const* argv) {
                    "On SIGTERM/SIGINT, time open connections get to finish before they are closed")
         ->capture_default_str()
         ->envname("TCPTUNNEL_DRAIN_TIMEOUT");
+    app.add_option("--idle-timeout", idle_timeout_text,
+                   "Close a connection after this long with no bytes either way (0: never)")
+        ->capture_default_str()
+        ->envname("TCPTUNNEL_IDLE_TIMEOUT");
+    app.add_option("--half-close-timeout", half_close_timeout_text,
+                   "Close a connection this long after one side ended its sending half while the "
+                   "other stays open (0: never)")
+        ->capture_default_str()
+        ->envname("TCPTUNNEL_HALF_CLOSE_TIMEOUT");
+    app.add_option("--max-connections", config.max_connections,
+                   "Open connections at most; more clients wait in the listen backlog "
+                   "(0: derived from the open-files limit, 2 descriptors a connection)")
+        ->capture_default_str()
+        ->envname("TCPTUNNEL_MAX_CONNECTIONS");
+    app.add_option("--threads", config.threads,
+                   "Worker threads, each with its own event loop and SO_REUSEPORT listeners")
+        ->capture_default_str()
+        ->check(CLI::Range(1u, 64u))
+        ->envname("TCPTUNNEL_THREADS");
+    app.add_option("--splice", splice_text,
+                   "Zero-copy splice(2) data path: auto (for bulk transfers), always or never")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"auto", "always", "never"}))
+        ->envname("TCPTUNNEL_SPLICE");
     app.add_option("--log-level", level_text, "Least severe log lines written")
         ->capture_default_str()
         ->check(CLI::IsMember({"error", "warn", "info", "debug"}))
@@ -182,6 +209,11 @@ command_line parse_command_line(int argc, const char* const* argv) {
         throw usage_error("--connect-timeout must be more than 0 (expected e.g. 10s)");
     }
     config.drain_timeout = make_duration("--drain-timeout", drain_timeout_text);
+    config.idle_timeout = make_duration("--idle-timeout", idle_timeout_text);
+    config.half_close_timeout = make_duration("--half-close-timeout", half_close_timeout_text);
+    config.splice = splice_text == "always"  ? splice_mode::always
+                    : splice_text == "never" ? splice_mode::never
+                                             : splice_mode::automatic;
 
     static constexpr std::pair<const char*, log_level> levels[] = {
         {"error", log_level::error},

@@ -52,7 +52,7 @@ void reset_client(tcp::socket& downstream) {
 
 void log_upstream_failure(connection_context& context, std::uint64_t id, const std::string& client,
                           const upstream_result& result) {
-    context.stats.upstream_failures.fetch_add(1, std::memory_order_relaxed);
+    context.stats.count_failure(result.word);
     auto& limiter = context.failure_logs[result.word];
     const auto count = limiter.admit(std::chrono::steady_clock::now());
     if (count == 0) {
@@ -68,6 +68,36 @@ void log_upstream_failure(connection_context& context, std::uint64_t id, const s
 }
 
 }  // namespace
+
+void tunnel_stats::count_failure(const std::string& word) {
+    upstream_failures.fetch_add(1, std::memory_order_relaxed);
+    std::size_t index = failure_reasons.size() - 1;
+    for (std::size_t i = 0; i < failure_reasons.size(); ++i) {
+        if (word == failure_reasons[i]) {
+            index = i;
+        }
+    }
+    failures_by_reason[index].fetch_add(1, std::memory_order_relaxed);
+}
+
+void tunnel_stats::log(const char* when) const {
+    const auto load = [](const std::atomic<std::uint64_t>& value) {
+        return value.load(std::memory_order_relaxed);
+    };
+    log_event(log_level::info, "stats",
+              {{"when", when},
+               {"accepted", load(accepted)},
+               {"active", load(active)},
+               {"upstream_failures", load(upstream_failures)},
+               {"refused", load(failures_by_reason[0])},
+               {"timeout", load(failures_by_reason[1])},
+               {"unreachable", load(failures_by_reason[2])},
+               {"dns_nxdomain", load(failures_by_reason[3])},
+               {"dns_temporary", load(failures_by_reason[4])},
+               {"other_failures", load(failures_by_reason[5])},
+               {"from_client", load(bytes_from_client)},
+               {"from_upstream", load(bytes_from_upstream)}});
+}
 
 void connection_handle::abort(const char* reason) {
     if (active_relay) {
@@ -117,7 +147,8 @@ asio::awaitable<void> serve_connection(tcp::socket downstream, connection_contex
     }
 
     relay connection_relay(downstream, upstream.socket,
-                           {context.config.idle_timeout, context.config.half_close_timeout});
+                           {context.config.idle_timeout, context.config.half_close_timeout,
+                            context.config.splice});
     handle.active_relay = &connection_relay;
     co_await connection_relay.run();
     handle.active_relay = nullptr;

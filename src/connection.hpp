@@ -1,6 +1,7 @@
 // One client connection: connect upstream, relay, log one summary line.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -18,12 +19,21 @@ class relay;
 
 // Process-wide counters, summed over all threads (relaxed atomics: they are only reported).
 struct tunnel_stats {
+    static constexpr std::array<const char*, 6> failure_reasons = {
+        "refused", "timeout", "unreachable", "dns-nxdomain", "dns-temporary", "error"};
+
     std::atomic<std::uint64_t> accepted{0};
     std::atomic<std::uint64_t> active{0};
-    std::atomic<std::uint64_t> refused{0};
     std::atomic<std::uint64_t> upstream_failures{0};
+    std::array<std::atomic<std::uint64_t>, failure_reasons.size()> failures_by_reason{};
     std::atomic<std::uint64_t> bytes_from_client{0};
     std::atomic<std::uint64_t> bytes_from_upstream{0};
+
+    // Counts one upstream failure under its diagnosis word (unknown words count as "error").
+    void count_failure(const std::string& word);
+
+    // Writes the counters as one `stats` log line.
+    void log(const char* when) const;
 };
 
 // What the worker knows of a live connection, so that it can end it at the drain deadline.

@@ -4,6 +4,7 @@
 #include <sys/ioctl.h>
 
 #include "buffer_pool.hpp"
+#include "splice_pump.hpp"
 
 namespace tcptunnel {
 
@@ -43,10 +44,14 @@ relay::relay(tcp::socket& downstream, tcp::socket& upstream, relay_options optio
     : downstream_(downstream),
       upstream_(upstream),
       options_(options),
-      client_to_upstream_{downstream, upstream, "client"},
-      upstream_to_client_{upstream, downstream, "upstream"},
+      client_to_upstream_{downstream, upstream, "client", "upstream"},
+      upstream_to_client_{upstream, downstream, "upstream", "client"},
       watchdog_timer_(downstream.get_executor()),
-      last_activity_(std::chrono::steady_clock::now()) {}
+      last_activity_(std::chrono::steady_clock::now()) {
+    const bool always = options_.splice == splice_mode::always;
+    client_to_upstream_.use_splice = always;
+    upstream_to_client_.use_splice = always;
+}
 
 asio::awaitable<void> relay::run() {
     const auto executor = co_await asio::this_coro::executor;
@@ -74,6 +79,11 @@ void relay::note_end(const char* side, std::string how) {
     }
 }
 
+void relay::note_progress(relay_direction& direction, std::size_t bytes) {
+    direction.bytes += bytes;
+    last_activity_ = std::chrono::steady_clock::now();
+}
+
 void relay::close_both() {
     std::error_code ignored;
     downstream_.close(ignored);
@@ -92,60 +102,139 @@ asio::awaitable<void> relay::pump_until_done(relay_direction& direction) {
 }
 
 asio::awaitable<void> relay::pump(relay_direction& direction) {
-    auto& pool = buffer_pool::for_this_thread();
     for (;;) {
-        // Wait for readiness first and take a buffer only then: an idle connection holds none.
+        // Wait for readiness first and take a buffer or pipe only then: an idle connection
+        // holds neither.
         auto [wait_error] = co_await direction.from.async_wait(tcp::socket::wait_read, use_nothrow);
         if (ending_ || wait_error == asio::error::operation_aborted) {
             co_return;
         }
 
-        buffer_pool::lease buffer(pool);
-        for (;;) {
-            std::error_code read_error;
-            const auto count = direction.from.read_some(
-                asio::buffer(buffer.data(), buffer_pool::lease::size()), read_error);
-            if (read_error == asio::error::would_block) {
-                break;
-            }
-
-            if (read_error == asio::error::eof) {
-                note_end(direction.source_name, "fin");
-                std::error_code ignored;
-                direction.to.shutdown(tcp::socket::shutdown_send, ignored);
-                co_return;
-            }
-
-            if (read_error) {
-                note_end(direction.source_name, describe(read_error));
-                co_await reset_through(direction.from, direction.to);
-                co_return;
-            }
-
-            // The next read waits for this write: the writer's pace bounds what is held.
-            auto [write_error, written] =
-                co_await asio::async_write(direction.to, asio::buffer(buffer.data(), count),
-                                           use_nothrow);
-            if (ending_ || write_error == asio::error::operation_aborted) {
-                co_return;
-            }
-            if (write_error) {
-                const char* receiver = direction.source_name[0] == 'c' ? "upstream" : "client";
-                note_end(receiver, describe(write_error));
-                co_await reset_through(direction.to, direction.from);
-                co_return;
-            }
-
-            direction.bytes += written;
-            last_activity_ = std::chrono::steady_clock::now();
-
-            // A short read means the socket was drained a moment ago; waiting for the next edge
-            // saves a read that would only say EAGAIN.
-            if (count < buffer_pool::lease::size()) {
-                break;
-            }
+        const auto end = direction.use_splice ? co_await splice_burst(direction)
+                                              : co_await copy_burst(direction);
+        if (end == burst_end::finished) {
+            co_return;
         }
     }
+}
+
+asio::awaitable<relay::burst_end> relay::copy_burst(relay_direction& direction) {
+    buffer_pool::lease buffer(buffer_pool::for_this_thread());
+    for (;;) {
+        std::error_code read_error;
+        const auto count = direction.from.read_some(
+            asio::buffer(buffer.data(), buffer_pool::lease::size()), read_error);
+        if (read_error == asio::error::would_block) {
+            co_return burst_end::drained;
+        }
+        if (read_error == asio::error::eof) {
+            co_return pass_on_fin(direction);
+        }
+        if (read_error) {
+            co_return co_await pass_on_failure(direction, true, read_error);
+        }
+
+        // The next read waits for this write: the writer's pace bounds what is held.
+        auto [write_error, written] = co_await asio::async_write(
+            direction.to, asio::buffer(buffer.data(), count), use_nothrow);
+        if (write_error) {
+            co_return co_await pass_on_failure(direction, false, write_error);
+        }
+        note_progress(direction, written);
+
+        // A full buffer means a bulk transfer: from now on the kernel moves the bytes.
+        if (count == buffer_pool::lease::size() && options_.splice == splice_mode::automatic) {
+            direction.use_splice = true;
+            co_return burst_end::drained;
+        }
+        // A short read means the socket was drained a moment ago; waiting for the next edge
+        // saves a read that would only say EAGAIN.
+        if (count < buffer_pool::lease::size()) {
+            co_return burst_end::drained;
+        }
+    }
+}
+
+asio::awaitable<relay::burst_end> relay::splice_burst(relay_direction& direction) {
+    auto& pool = pipe_pool::for_this_thread();
+    std::error_code error;
+    auto pipe = pool.take(error);
+    if (!pipe) {
+        // No pipe to be had (fd limit): this direction carries on copying.
+        direction.use_splice = false;
+        co_return co_await copy_burst(direction);
+    }
+
+    const int source = direction.from.native_handle();
+    const int sink = direction.to.native_handle();
+    for (;;) {
+        const auto moved_in = pipe->fill_from(source, error);
+        const bool source_eof = !error && moved_in == 0;
+        const bool source_dry = error == std::errc::operation_would_block;
+        const bool source_failed = error && !source_dry;
+        if (source_failed && error == std::errc::invalid_argument && pipe->held() == 0) {
+            // A socket type that cannot splice: copy instead, for good.
+            direction.use_splice = false;
+            pool.give_back(std::move(pipe));
+            co_return co_await copy_burst(direction);
+        }
+
+        // Whatever ended the read, bytes already taken from the source are delivered first.
+        while (pipe->held() > 0) {
+            const auto moved_out = pipe->drain_to(sink, error);
+            if (error == std::errc::operation_would_block) {
+                auto [wait_error] =
+                    co_await direction.to.async_wait(tcp::socket::wait_write, use_nothrow);
+                if (ending_ || wait_error) {
+                    co_return burst_end::finished;  // the pipe (with its bytes) is closed
+                }
+                continue;
+            }
+            if (error) {
+                co_return co_await pass_on_failure(direction, false, error);
+            }
+            note_progress(direction, moved_out);
+        }
+
+        if (source_eof) {
+            pool.give_back(std::move(pipe));
+            co_return pass_on_fin(direction);
+        }
+        if (source_failed) {
+            pool.give_back(std::move(pipe));
+            co_return co_await pass_on_failure(direction, true, error);
+        }
+        // The pipe was empty when filled, so EAGAIN cannot have meant "no free pipe slot": the
+        // socket is dry and its next data brings a new edge. A partial fill (slots ran out) reads
+        // again after the drain.
+        if (source_dry) {
+            pool.give_back(std::move(pipe));
+            co_return burst_end::drained;
+        }
+    }
+}
+
+relay::burst_end relay::pass_on_fin(relay_direction& direction) {
+    note_end(direction.source_name, "fin");
+    std::error_code ignored;
+    direction.to.shutdown(tcp::socket::shutdown_send, ignored);
+    return burst_end::finished;
+}
+
+asio::awaitable<relay::burst_end> relay::pass_on_failure(relay_direction& direction,
+                                                         bool source_failed,
+                                                         const std::error_code& error) {
+    if (ending_ || error == asio::error::operation_aborted) {
+        co_return burst_end::finished;
+    }
+    if (source_failed) {
+        note_end(direction.source_name, describe(error));
+        co_await reset_through(direction.from, direction.to);
+    } else {
+        note_end(direction.sink_name, describe(error));
+        co_await reset_through(direction.to, direction.from);
+    }
+    co_return burst_end::finished;
 }
 
 asio::awaitable<void> relay::reset_through(tcp::socket& dead, tcp::socket& survivor) {

@@ -6,12 +6,14 @@
 #include <string>
 
 #include "asio_common.hpp"
+#include "config.hpp"
 
 namespace tcptunnel {
 
 struct relay_options {
     std::chrono::milliseconds idle_timeout{0};        // 0: none
     std::chrono::milliseconds half_close_timeout{0};  // 0: none
+    splice_mode splice = splice_mode::automatic;
 };
 
 // One direction of a relay: bytes read from `from` are written to `to`.
@@ -19,6 +21,8 @@ struct relay_direction {
     tcp::socket& from;
     tcp::socket& to;
     const char* source_name;  // "client" or "upstream": the side `from` belongs to
+    const char* sink_name;
+    bool use_splice = false;  // decided per direction; auto switches on after a bulk read
     std::uint64_t bytes = 0;
     bool done = false;
 };
@@ -47,10 +51,20 @@ public:
     const std::string& how() const { return how_; }
 
 private:
-    asio::awaitable<void> pump(relay_direction& direction);
+    // What a burst of transfers ended with: the source ran dry (wait for more) or the
+    // direction is over (FIN passed on, reset, error, abort).
+    enum class burst_end { drained, finished };
+
     asio::awaitable<void> pump_until_done(relay_direction& direction);
+    asio::awaitable<void> pump(relay_direction& direction);
+    asio::awaitable<burst_end> copy_burst(relay_direction& direction);
+    asio::awaitable<burst_end> splice_burst(relay_direction& direction);
+    burst_end pass_on_fin(relay_direction& direction);
+    asio::awaitable<burst_end> pass_on_failure(relay_direction& direction, bool source_failed,
+                                               const std::error_code& error);
     asio::awaitable<void> reset_through(tcp::socket& dead, tcp::socket& survivor);
     asio::awaitable<void> watchdog();
+    void note_progress(relay_direction& direction, std::size_t bytes);
     void note_end(const char* side, std::string how);
     void close_both();
 

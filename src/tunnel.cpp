@@ -1,119 +1,42 @@
 #include "tunnel.hpp"
 
+#include <ifaddrs.h>
+#include <sys/resource.h>
+
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
+#include <functional>
 #include <memory>
 #include <thread>
-#include <vector>
 
-#include "asio_common.hpp"
-#include "connection.hpp"
+#include "worker.hpp"
 
 namespace tcptunnel {
 
 namespace {
 
-// After an accept error such as EMFILE the pending connection stays queued and the listener stays
-// readable; waiting a moment before the next accept keeps that from becoming a busy loop.
-constexpr auto accept_error_backoff = std::chrono::milliseconds(100);
+// Descriptors kept aside for listeners, the event loop, the resolver, pipes and stdio when the
+// connection limit is derived from RLIMIT_NOFILE.
+constexpr std::size_t reserved_descriptors = 24;
+constexpr std::size_t descriptors_per_connection = 2;
 
-struct bind_failure {
-    std::string address;
-    std::error_code error;
-};
-
-// Threading model: one io_context per thread, each with its own acceptors (SO_REUSEPORT when
-// there are several) and its own connections. A connection never leaves the thread that
-// accepted it, so nothing on the data path is shared or locked. Only the counters in
-// tunnel_stats are shared, as relaxed atomics.
-class worker {
-public:
-    worker(const tunnel_config& config, tunnel_stats& stats, std::atomic<std::uint64_t>& next_id)
-        : io_(1), context_{config, stats, {}, {}, {}}, next_id_(next_id) {}
-
-    asio::io_context& io() { return io_; }
-    connection_context& context() { return context_; }
-    std::size_t live_connections() const { return context_.live.size(); }
-
-    // Binds one address; port 0 asks the kernel. Returns the bound port, or 0 with `error` set.
-    std::uint16_t bind(const tcp::endpoint& endpoint, bool reuse_port, std::error_code& error) {
-        tcp::acceptor acceptor(io_);
-        acceptor.open(endpoint.protocol(), error);
-        if (error) {
-            return 0;
-        }
-        acceptor.set_option(asio::socket_base::reuse_address(true), error);
-        if (endpoint.address().is_v6()) {
-            acceptor.set_option(asio::ip::v6_only(true), error);
-        }
-        if (reuse_port) {
-            const int on = 1;
-            ::setsockopt(acceptor.native_handle(), SOL_SOCKET, SO_REUSEPORT, &on, sizeof on);
-        }
-        acceptor.bind(endpoint, error);
-        if (!error) {
-            acceptor.listen(SOMAXCONN, error);
-        }
-        if (error) {
-            return 0;
-        }
-        const auto port = acceptor.local_endpoint(error).port();
-        acceptors_.push_back(std::move(acceptor));
-        return port;
+// Raises the soft open-files limit to the hard one and returns the resulting soft limit.
+std::size_t raise_open_files_limit() {
+    rlimit limit{};
+    if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) {
+        return 1024;
     }
-
-    void start_accepting() {
-        for (auto& acceptor : acceptors_) {
-            asio::co_spawn(io_, accept_loop(acceptor), asio::detached);
+    if (limit.rlim_cur < limit.rlim_max) {
+        rlimit raised = limit;
+        raised.rlim_cur = limit.rlim_max;
+        if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) {
+            limit = raised;
         }
     }
-
-    // Stops accepting; open connections go on.
-    void stop_accepting() {
-        for (auto& acceptor : acceptors_) {
-            std::error_code ignored;
-            acceptor.close(ignored);
-        }
-    }
-
-    // Ends every open connection now (the drain deadline).
-    void abort_connections() {
-        // abort() closes sockets; the list shrinks only later, as each coroutine ends.
-        for (auto* handle : context_.live) {
-            handle->abort("shutdown");
-        }
-    }
-
-private:
-    asio::awaitable<void> accept_loop(tcp::acceptor& acceptor) {
-        log_rate_limiter accept_failure_log;
-        asio::steady_timer backoff(io_);
-        for (;;) {
-            auto [error, socket] = co_await acceptor.async_accept(use_nothrow);
-            if (error == asio::error::operation_aborted || !acceptor.is_open()) {
-                co_return;
-            }
-            if (error) {
-                if (const auto count = accept_failure_log.admit(std::chrono::steady_clock::now())) {
-                    log_event(log_level::warn, "accept_failed",
-                              {{"error", error.message()}, {"count", count}});
-                }
-                backoff.expires_after(accept_error_backoff);
-                co_await backoff.async_wait(use_nothrow);
-                continue;
-            }
-
-            context_.stats.accepted.fetch_add(1, std::memory_order_relaxed);
-            const auto id = next_id_.fetch_add(1, std::memory_order_relaxed);
-            asio::co_spawn(io_, serve_connection(std::move(socket), context_, id), asio::detached);
-        }
-    }
-
-    asio::io_context io_;
-    std::vector<tcp::acceptor> acceptors_;
-    connection_context context_;
-    std::atomic<std::uint64_t>& next_id_;
-};
+    return limit.rlim_cur == RLIM_INFINITY ? 1 << 20 : static_cast<std::size_t>(limit.rlim_cur);
+}
 
 // The addresses one listen spec stands for: localhost is both loopback families.
 std::vector<asio::ip::address> listen_addresses(const endpoint_spec& spec, std::error_code& error) {
@@ -135,15 +58,84 @@ std::vector<asio::ip::address> listen_addresses(const endpoint_spec& spec, std::
     return addresses;
 }
 
-std::string endpoint_text(const asio::ip::address& address, std::uint16_t port) {
-    return format_endpoint(address.to_string(), port);
+std::vector<asio::ip::address> interface_addresses() {
+    std::vector<asio::ip::address> addresses;
+    ifaddrs* list = nullptr;
+    if (::getifaddrs(&list) != 0) {
+        return addresses;
+    }
+    for (auto* entry = list; entry; entry = entry->ifa_next) {
+        if (!entry->ifa_addr) {
+            continue;
+        }
+        if (entry->ifa_addr->sa_family == AF_INET) {
+            const auto* in = reinterpret_cast<const sockaddr_in*>(entry->ifa_addr);
+            addresses.push_back(asio::ip::address_v4(ntohl(in->sin_addr.s_addr)));
+        } else if (entry->ifa_addr->sa_family == AF_INET6) {
+            const auto* in6 = reinterpret_cast<const sockaddr_in6*>(entry->ifa_addr);
+            asio::ip::address_v6::bytes_type bytes;
+            std::memcpy(bytes.data(), in6->sin6_addr.s6_addr, bytes.size());
+            addresses.push_back(asio::ip::address_v6(bytes, in6->sin6_scope_id));
+        }
+    }
+    ::freeifaddrs(list);
+    return addresses;
+}
+
+// The upstream's addresses as they resolve now; empty when the name does not resolve yet (not
+// fatal: a relay may start before its network is up).
+std::vector<tcp::endpoint> resolve_upstream_now(const endpoint_spec& upstream) {
+    asio::io_context io;
+    tcp::resolver resolver(io);
+    std::error_code error;
+    const auto entries =
+        resolver.resolve(upstream.host, std::to_string(upstream.port),
+                         tcp::resolver::numeric_service, error);
+    std::vector<tcp::endpoint> endpoints;
+    for (const auto& entry : entries) {
+        endpoints.push_back(entry.endpoint());
+    }
+    return endpoints;
+}
+
+std::string endpoint_text(const tcp::endpoint& endpoint) {
+    return format_endpoint(endpoint.address().to_string(), endpoint.port());
 }
 
 }  // namespace
 
-int run_tunnel(const tunnel_config& config) {
+bool dials_itself(const tcp::endpoint& upstream, const std::vector<tcp::endpoint>& listeners,
+                  const std::vector<asio::ip::address>& local_addresses) {
+    const auto& address = upstream.address();
+    const bool is_local = address.is_loopback() ||
+                          std::find(local_addresses.begin(), local_addresses.end(), address) !=
+                              local_addresses.end();
+    for (const auto& listener : listeners) {
+        if (listener.port() != upstream.port()) {
+            continue;
+        }
+        if (listener.address() == address) {
+            return true;
+        }
+        if (listener.address().is_unspecified() && is_local &&
+            listener.address().is_v4() == address.is_v4()) {
+            return true;
+        }
+    }
+    return false;
+}
+
+int run_tunnel(const tunnel_config& given_config) {
+    auto config = given_config;
     configure_logging(config.level, config.format);
     std::signal(SIGPIPE, SIG_IGN);
+    const auto open_files = raise_open_files_limit();
+    if (config.max_connections == 0) {
+        config.max_connections =
+            std::max<std::size_t>(1, (open_files > reserved_descriptors
+                                          ? open_files - reserved_descriptors
+                                          : 0) / descriptors_per_connection);
+    }
 
     tunnel_stats stats;
     std::atomic<std::uint64_t> next_id{1};
@@ -172,11 +164,11 @@ int run_tunnel(const tunnel_config& config) {
                 const auto bound = each->bind({address, port}, reuse_port, error);
                 if (error) {
                     // localhost without IPv6 (a container with IPv6 disabled) carries on with IPv4.
-                    const bool optional_family = spec.endpoint.host == "localhost" &&
-                                                 address.is_v6() && any_bound;
+                    const bool optional_family =
+                        spec.endpoint.host == "localhost" && address.is_v6() && any_bound;
                     log_event(optional_family ? log_level::warn : log_level::error,
                               optional_family ? "listen_skipped" : "listen_failed",
-                              {{"address", endpoint_text(address, port)},
+                              {{"address", endpoint_text({address, port})},
                                {"error", error.message()}});
                     if (!optional_family) {
                         return 1;
@@ -195,19 +187,36 @@ int run_tunnel(const tunnel_config& config) {
         ready_lines.push_back("Forwarding " + display + " \u2192 " + config.upstream_display);
     }
 
+    // A tunnel dialling itself accepts its own connections until the fd table is full.
+    const auto listeners = workers.front()->local_endpoints();
+    const auto local_addresses = interface_addresses();
+    for (const auto& upstream : resolve_upstream_now(config.upstream)) {
+        if (dials_itself(upstream, listeners, local_addresses)) {
+            std::fprintf(stderr,
+                         "tcptunnel: --to %s resolves to %s, one of this tunnel's own listen "
+                         "addresses (expected an upstream other than the tunnel)\n",
+                         config.upstream_display.c_str(), endpoint_text(upstream).c_str());
+            return 2;
+        }
+    }
+
     for (const auto& line : ready_lines) {
         std::fprintf(stdout, "%s\n", line.c_str());
     }
     std::fflush(stdout);
+    log_event(log_level::debug, "ready",
+              {{"max_connections", static_cast<std::uint64_t>(config.max_connections)},
+               {"threads", config.threads}});
 
     // Shutdown: the first signal stops accepting and starts the drain; the drain ends when the
     // last connection closes, at the drain deadline, or at a second signal.
     auto& main_io = workers.front()->io();
-    asio::signal_set signals(main_io, SIGINT, SIGTERM);
+    asio::signal_set stop_signals(main_io, SIGINT, SIGTERM);
+    asio::signal_set stats_signal(main_io, SIGUSR1);
     asio::steady_timer drain_deadline(main_io);
     bool draining = false;
 
-    auto stop_everything = [&workers, &signals, &drain_deadline]() {
+    const auto stop_everything = [&]() {
         for (auto& each : workers) {
             asio::post(each->io(), [&each]() {
                 each->abort_connections();
@@ -215,23 +224,34 @@ int run_tunnel(const tunnel_config& config) {
             });
         }
         std::error_code ignored;
-        signals.cancel(ignored);
+        stop_signals.cancel(ignored);
+        stats_signal.cancel(ignored);
         drain_deadline.cancel();
     };
-    auto check_drained = [&]() {
+    const auto check_drained = [&]() {
         if (draining && stats.active.load() == 0) {
             log_event(log_level::info, "stopped", {{"reason", "drained"}});
             stop_everything();
         }
     };
     for (auto& each : workers) {
-        each->context().on_connection_end = [&main_io, &check_drained]() {
+        each->context().on_connection_end = [&main_io, &check_drained, &each]() {
+            each->on_connection_end();
             asio::post(main_io, check_drained);
         };
     }
 
-    std::function<void(const std::error_code&, int)> on_signal;
-    on_signal = [&](const std::error_code& error, int signal_number) {
+    std::function<void(const std::error_code&, int)> on_stats;
+    on_stats = [&](const std::error_code& error, int) {
+        if (!error) {
+            stats.log("signal");
+            stats_signal.async_wait(on_stats);
+        }
+    };
+    stats_signal.async_wait(on_stats);
+
+    std::function<void(const std::error_code&, int)> on_stop;
+    on_stop = [&](const std::error_code& error, int signal_number) {
         if (error) {
             return;
         }
@@ -257,10 +277,10 @@ int run_tunnel(const tunnel_config& config) {
                 stop_everything();
             }
         });
-        signals.async_wait(on_signal);
+        stop_signals.async_wait(on_stop);
         check_drained();
     };
-    signals.async_wait(on_signal);
+    stop_signals.async_wait(on_stop);
 
     for (auto& each : workers) {
         each->start_accepting();
@@ -273,6 +293,11 @@ int run_tunnel(const tunnel_config& config) {
     for (auto& thread : threads) {
         thread.join();
     }
+
+    for (auto& each : workers) {
+        each->flush_failure_logs();
+    }
+    stats.log("exit");
     return 0;
 }
 
