@@ -2,11 +2,6 @@
 
 namespace tcptunnel {
 
-buffer_pool& buffer_pool::for_this_thread() {
-    thread_local buffer_pool pool;
-    return pool;
-}
-
 std::unique_ptr<std::byte[]> buffer_pool::take() {
     if (spare_.empty()) {
         return std::make_unique_for_overwrite<std::byte[]>(buffer_size);

@@ -7,7 +7,7 @@
 
 namespace tcptunnel {
 
-// A thread's free buffers. A pump holds a buffer only while bytes are in flight and gives it
+// A worker's free buffers. A pump holds a buffer only while bytes are in flight and gives it
 // back as soon as its source runs dry, so an idle connection holds none.
 class buffer_pool {
 public:
@@ -28,9 +28,6 @@ public:
         buffer_pool* pool_;
         std::unique_ptr<std::byte[]> data_;
     };
-
-    // The calling thread's pool (one per io_context thread; never shared between threads).
-    static buffer_pool& for_this_thread();
 
 private:
     std::unique_ptr<std::byte[]> take();

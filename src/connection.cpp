@@ -146,7 +146,7 @@ asio::awaitable<void> serve_connection(tcp::socket downstream, connection_contex
                    {"connect_ms", milliseconds_text(upstream.connect_time)}});
     }
 
-    relay connection_relay(downstream, upstream.socket,
+    relay connection_relay(downstream, upstream.socket, {context.buffers, context.pipes},
                            {context.config.idle_timeout, context.config.half_close_timeout,
                             context.config.splice});
     handle.active_relay = &connection_relay;

@@ -10,8 +10,10 @@
 #include <string>
 
 #include "asio_common.hpp"
+#include "buffer_pool.hpp"
 #include "config.hpp"
 #include "log.hpp"
+#include "splice_pump.hpp"
 
 namespace tcptunnel {
 
@@ -51,6 +53,8 @@ struct connection_context {
     std::list<connection_handle*> live;
     std::map<std::string, log_rate_limiter> failure_logs;  // by diagnosis word
     std::function<void()> on_connection_end;               // called after each connection ends
+    buffer_pool buffers;
+    pipe_pool pipes;
 };
 
 // Serves one accepted client until both directions are done. Never throws.

@@ -3,8 +3,6 @@
 #include <linux/sockios.h>
 #include <sys/ioctl.h>
 
-#include "buffer_pool.hpp"
-#include "splice_pump.hpp"
 
 namespace tcptunnel {
 
@@ -40,9 +38,11 @@ int unsent_bytes(tcp::socket& socket) {
 
 }  // namespace
 
-relay::relay(tcp::socket& downstream, tcp::socket& upstream, relay_options options)
+relay::relay(tcp::socket& downstream, tcp::socket& upstream, relay_pools pools,
+             relay_options options)
     : downstream_(downstream),
       upstream_(upstream),
+      pools_(pools),
       options_(options),
       client_to_upstream_{downstream, upstream, "client", "upstream"},
       upstream_to_client_{upstream, downstream, "upstream", "client"},
@@ -119,7 +119,7 @@ asio::awaitable<void> relay::pump(relay_direction& direction) {
 }
 
 asio::awaitable<relay::burst_end> relay::copy_burst(relay_direction& direction) {
-    buffer_pool::lease buffer(buffer_pool::for_this_thread());
+    buffer_pool::lease buffer(pools_.buffers);
     for (;;) {
         std::error_code read_error;
         const auto count = direction.from.read_some(
@@ -156,7 +156,7 @@ asio::awaitable<relay::burst_end> relay::copy_burst(relay_direction& direction) 
 }
 
 asio::awaitable<relay::burst_end> relay::splice_burst(relay_direction& direction) {
-    auto& pool = pipe_pool::for_this_thread();
+    auto& pool = pools_.pipes;
     std::error_code error;
     auto pipe = pool.take(error);
     if (!pipe) {

@@ -6,9 +6,17 @@
 #include <string>
 
 #include "asio_common.hpp"
+#include "buffer_pool.hpp"
 #include "config.hpp"
+#include "splice_pump.hpp"
 
 namespace tcptunnel {
+
+// The worker's pools a relay borrows from (one worker per thread: never shared across threads).
+struct relay_pools {
+    buffer_pool& buffers;
+    pipe_pool& pipes;
+};
 
 struct relay_options {
     std::chrono::milliseconds idle_timeout{0};        // 0: none
@@ -32,7 +40,8 @@ struct relay_direction {
 // the other, after the bytes already relayed to it have left the tunnel.
 class relay {
 public:
-    relay(tcp::socket& downstream, tcp::socket& upstream, relay_options options);
+    relay(tcp::socket& downstream, tcp::socket& upstream, relay_pools pools,
+          relay_options options);
     relay(const relay&) = delete;
     relay& operator=(const relay&) = delete;
 
@@ -70,6 +79,7 @@ private:
 
     tcp::socket& downstream_;
     tcp::socket& upstream_;
+    relay_pools pools_;
     relay_options options_;
     relay_direction client_to_upstream_;
     relay_direction upstream_to_client_;

@@ -58,11 +58,6 @@ std::size_t splice_pipe::drain_to(int socket_fd, std::error_code& error) {
     return static_cast<std::size_t>(moved);
 }
 
-pipe_pool& pipe_pool::for_this_thread() {
-    thread_local pipe_pool pool;
-    return pool;
-}
-
 std::unique_ptr<splice_pipe> pipe_pool::take(std::error_code& error) {
     error.clear();
     if (!spare_.empty()) {

@@ -36,14 +36,11 @@ private:
     std::size_t held_ = 0;
 };
 
-// A thread's spare pipes. Pipe pages are kernel memory charged to the container, so a pump holds
+// A worker's spare pipes. Pipe pages are kernel memory charged to the container, so a pump holds
 // a pipe only while bytes flow, and at most max_spare idle pipes are kept.
 class pipe_pool {
 public:
     static constexpr std::size_t max_spare = 16;
-
-    // The calling thread's pool.
-    static pipe_pool& for_this_thread();
 
     // An empty pipe, or nullptr with `error` set (e.g. EMFILE).
     std::unique_ptr<splice_pipe> take(std::error_code& error);

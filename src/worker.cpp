@@ -17,11 +17,23 @@ constexpr auto slot_poll_interval = std::chrono::milliseconds(50);
 
 worker::worker(const tunnel_config& config, tunnel_stats& stats,
                std::atomic<std::uint64_t>& next_id)
-    : io_(1), context_{config, stats, {}, {}, {}}, next_id_(next_id), slot_freed_(io_) {}
+    : io_(std::make_unique<asio::io_context>(1)),
+      slot_freed_(std::in_place, *io_),
+      context_{config, stats, {}, {}, {}, {}, {}},
+      next_id_(next_id) {}
+
+worker::~worker() {
+    // Coroutines still suspended on the io_context are destroyed with it, and their destructors
+    // use context_; so the io_context goes first, after the objects that belong to it.
+    context_.on_connection_end = nullptr;
+    acceptors_.clear();
+    slot_freed_.reset();
+    io_.reset();
+}
 
 std::uint16_t worker::bind(const tcp::endpoint& endpoint, bool reuse_port,
                            std::error_code& error) {
-    tcp::acceptor acceptor(io_);
+    tcp::acceptor acceptor(*io_);
     acceptor.open(endpoint.protocol(), error);
     if (error) {
         return 0;
@@ -57,7 +69,7 @@ std::vector<tcp::endpoint> worker::local_endpoints() const {
 
 void worker::start_accepting() {
     for (auto& acceptor : acceptors_) {
-        asio::co_spawn(io_, accept_loop(acceptor), asio::detached);
+        asio::co_spawn(*io_, accept_loop(acceptor), asio::detached);
     }
 }
 
@@ -66,7 +78,7 @@ void worker::stop_accepting() {
         std::error_code ignored;
         acceptor.close(ignored);
     }
-    slot_freed_.cancel();
+    slot_freed_->cancel();
 }
 
 void worker::abort_connections() {
@@ -88,7 +100,7 @@ void worker::flush_failure_logs() {
 }
 
 void worker::on_connection_end() {
-    slot_freed_.cancel();
+    slot_freed_->cancel();
 }
 
 asio::awaitable<void> worker::wait_for_free_slot() {
@@ -99,14 +111,14 @@ asio::awaitable<void> worker::wait_for_free_slot() {
                       {{"max_connections", static_cast<std::uint64_t>(limit)},
                        {"count", count}});
         }
-        slot_freed_.expires_after(slot_poll_interval);
-        co_await slot_freed_.async_wait(use_nothrow);
+        slot_freed_->expires_after(slot_poll_interval);
+        co_await slot_freed_->async_wait(use_nothrow);
     }
 }
 
 asio::awaitable<void> worker::accept_loop(tcp::acceptor& acceptor) {
     log_rate_limiter accept_failure_log;
-    asio::steady_timer backoff(io_);
+    asio::steady_timer backoff(*io_);
     for (;;) {
         // At the limit, new clients wait in the listen backlog rather than being refused.
         co_await wait_for_free_slot();
@@ -130,7 +142,7 @@ asio::awaitable<void> worker::accept_loop(tcp::acceptor& acceptor) {
 
         context_.stats.accepted.fetch_add(1, std::memory_order_relaxed);
         const auto id = next_id_.fetch_add(1, std::memory_order_relaxed);
-        asio::co_spawn(io_, serve_connection(std::move(socket), context_, id), asio::detached);
+        asio::co_spawn(*io_, serve_connection(std::move(socket), context_, id), asio::detached);
     }
 }
 

@@ -3,6 +3,8 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
+#include <optional>
 #include <vector>
 
 #include "asio_common.hpp"
@@ -18,8 +20,11 @@ namespace tcptunnel {
 class worker {
 public:
     worker(const tunnel_config& config, tunnel_stats& stats, std::atomic<std::uint64_t>& next_id);
+    worker(const worker&) = delete;
+    worker& operator=(const worker&) = delete;
+    ~worker();
 
-    asio::io_context& io() { return io_; }
+    asio::io_context& io() { return *io_; }
     connection_context& context() { return context_; }
 
     // Binds and listens on one address; port 0 asks the kernel. Returns the bound port, or 0
@@ -47,11 +52,12 @@ private:
     asio::awaitable<void> accept_loop(tcp::acceptor& acceptor);
     asio::awaitable<void> wait_for_free_slot();
 
-    asio::io_context io_;
+    // Destroyed by hand in ~worker(), before the members its coroutines refer to.
+    std::unique_ptr<asio::io_context> io_;
     std::vector<tcp::acceptor> acceptors_;
+    std::optional<asio::steady_timer> slot_freed_;
     connection_context context_;
     std::atomic<std::uint64_t>& next_id_;
-    asio::steady_timer slot_freed_;
     log_rate_limiter limit_log_;
 };
 
