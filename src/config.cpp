@@ -108,6 +108,9 @@ command_line parse_command_line(int argc, const char* const* argv) {
     std::string idle_timeout_text = "0";
     std::string half_close_timeout_text = "0";
     std::string splice_text = "auto";
+    std::vector<std::string> allow_from_texts;
+    std::vector<std::string> sni_names;
+    std::string hello_timeout_text = format_duration(config.admission.hello_timeout);
     std::string level_text = "info";
     std::string format_text = "text";
 
@@ -160,6 +163,24 @@ command_line parse_command_line(int argc, const char* const* argv) {
         ->capture_default_str()
         ->check(CLI::IsMember({"auto", "always", "never"}))
         ->envname("TCPTUNNEL_SPLICE");
+    app.add_option("--allow-from", allow_from_texts,
+                   "Serve only clients from these networks: CIDR[,CIDR...] (repeatable; "
+                   "default: every client)")
+        ->allow_extra_args(false)
+        ->envname("TCPTUNNEL_ALLOW_FROM");
+    app.add_flag("--require-tls", config.admission.require_tls,
+                 "Forward only connections whose first bytes are a well-formed TLS ClientHello")
+        ->envname("TCPTUNNEL_REQUIRE_TLS");
+    app.add_option("--sni", sni_names,
+                   "With --require-tls (implied): the ClientHello's server name must be one of "
+                   "these (repeatable)")
+        ->allow_extra_args(false)
+        ->delimiter(',')
+        ->envname("TCPTUNNEL_SNI");
+    app.add_option("--hello-timeout", hello_timeout_text,
+                   "With --require-tls: time a client gets to send its whole ClientHello")
+        ->capture_default_str()
+        ->envname("TCPTUNNEL_HELLO_TIMEOUT");
     app.add_option("--log-level", level_text, "Least severe log lines written")
         ->capture_default_str()
         ->check(CLI::IsMember({"error", "warn", "info", "debug"}))
@@ -211,6 +232,33 @@ command_line parse_command_line(int argc, const char* const* argv) {
     config.drain_timeout = make_duration("--drain-timeout", drain_timeout_text);
     config.idle_timeout = make_duration("--idle-timeout", idle_timeout_text);
     config.half_close_timeout = make_duration("--half-close-timeout", half_close_timeout_text);
+    for (const auto& text : allow_from_texts) {
+        try {
+            config.admission.allow_from.merge(parse_access_list(text));
+        } catch (const parse_error& error) {
+            throw usage_error("--allow-from " + quote_input(text) + ": " + error.what() +
+                              " (expected CIDR[,CIDR...], e.g. 172.30.0.0/24,fd00::/64)");
+        }
+    }
+    for (auto name : sni_names) {
+        std::transform(name.begin(), name.end(), name.begin(),
+                       [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+        const bool valid = !name.empty() && name.size() <= 253 &&
+                           std::all_of(name.begin(), name.end(), [](char c) {
+                               return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                                      c == '.' || c == '-';
+                           });
+        if (!valid) {
+            throw usage_error("--sni " + quote_input(name) +
+                              ": not a host name (expected letters, digits, '.' and '-')");
+        }
+        config.admission.allowed_names.push_back(name);
+        config.admission.require_tls = true;
+    }
+    config.admission.hello_timeout = make_duration("--hello-timeout", hello_timeout_text);
+    if (config.admission.hello_timeout.count() == 0) {
+        throw usage_error("--hello-timeout must be more than 0 (expected e.g. 3s)");
+    }
     config.splice = splice_text == "always"  ? splice_mode::always
                     : splice_text == "never" ? splice_mode::never
                                              : splice_mode::automatic;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "address.hpp"
+#include "admission.hpp"
 #include "log.hpp"
 
 namespace tcptunnel {
@@ -34,6 +35,7 @@ struct tunnel_config {
     std::size_t max_connections = 0;                     // 0: derived from RLIMIT_NOFILE
     unsigned threads = 1;
     splice_mode splice = splice_mode::automatic;
+    admission_policy admission;
 
     log_level level = log_level::info;
     log_format format = log_format::text;

@@ -1,6 +1,7 @@
 #include "connection.hpp"
 
 #include "address.hpp"
+#include "admission.hpp"
 #include "relay.hpp"
 #include "upstream_connect.hpp"
 
@@ -20,13 +21,11 @@ std::string milliseconds_text(Duration duration) {
     return text;
 }
 
-// Keeps a connection on its worker's list for as long as it lives.
+// Keeps a connection on its worker's list for as long as it lives; releases its slot at the end.
 class registration {
 public:
     registration(connection_context& context, connection_handle& handle)
-        : context_(context), position_(context.live.insert(context.live.end(), &handle)) {
-        context_.stats.active.fetch_add(1, std::memory_order_relaxed);
-    }
+        : context_(context), position_(context.live.insert(context.live.end(), &handle)) {}
     registration(const registration&) = delete;
     registration& operator=(const registration&) = delete;
     ~registration() {
@@ -67,6 +66,22 @@ void log_upstream_failure(connection_context& context, std::uint64_t id, const s
                {"count", count}});
 }
 
+void log_refusal(connection_context& context, std::uint64_t id, const std::string& client,
+                 const admission_result& result) {
+    context.stats.denied.fetch_add(1, std::memory_order_relaxed);
+    const auto count =
+        context.refusal_logs[result.refusal].admit(std::chrono::steady_clock::now());
+    if (count == 0) {
+        return;
+    }
+    log_event(log_level::warn, "client_refused",
+              {{"id", id},
+               {"client", client},
+               {"reason", result.refusal},
+               {"detail", result.detail},
+               {"count", count}});
+}
+
 }  // namespace
 
 void tunnel_stats::count_failure(const std::string& word) {
@@ -88,6 +103,7 @@ void tunnel_stats::log(const char* when) const {
               {{"when", when},
                {"accepted", load(accepted)},
                {"active", load(active)},
+               {"denied", load(denied)},
                {"upstream_failures", load(upstream_failures)},
                {"refused", load(failures_by_reason[0])},
                {"timeout", load(failures_by_reason[1])},
@@ -122,6 +138,16 @@ asio::awaitable<void> serve_connection(tcp::socket downstream, connection_contex
     const auto client = peer_text(downstream);
     std::error_code ignored;
     downstream.set_option(tcp::no_delay(true), ignored);
+
+    if (context.config.admission.checks_anything()) {
+        const auto admission =
+            co_await admit_client(downstream, context.config.admission, context.buffers);
+        if (!admission.admitted()) {
+            reset_client(downstream);
+            log_refusal(context, id, client, admission);
+            co_return;
+        }
+    }
 
     auto upstream = co_await connect_upstream(context.config.upstream,
                                               context.config.connect_timeout);

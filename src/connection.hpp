@@ -25,7 +25,8 @@ struct tunnel_stats {
         "refused", "timeout", "unreachable", "dns-nxdomain", "dns-temporary", "error"};
 
     std::atomic<std::uint64_t> accepted{0};
-    std::atomic<std::uint64_t> active{0};
+    std::atomic<std::uint64_t> active{0};  // open connections: the slots claimed
+    std::atomic<std::uint64_t> denied{0};  // turned away by --allow-from / --require-tls
     std::atomic<std::uint64_t> upstream_failures{0};
     std::array<std::atomic<std::uint64_t>, failure_reasons.size()> failures_by_reason{};
     std::atomic<std::uint64_t> bytes_from_client{0};
@@ -52,12 +53,14 @@ struct connection_context {
     tunnel_stats& stats;
     std::list<connection_handle*> live;
     std::map<std::string, log_rate_limiter> failure_logs;  // by diagnosis word
+    std::map<std::string, log_rate_limiter> refusal_logs;  // by admission refusal
     std::function<void()> on_connection_end;               // called after each connection ends
     buffer_pool buffers;
     pipe_pool pipes;
 };
 
-// Serves one accepted client until both directions are done. Never throws.
+// Serves one accepted client until both directions are done, then releases the slot of
+// stats.active that the caller claimed for it. Never throws.
 asio::awaitable<void> serve_connection(tcp::socket downstream, connection_context& context,
                                        std::uint64_t id);
 

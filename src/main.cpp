@@ -4,11 +4,15 @@
 #include <exception>
 
 #include "config.hpp"
+#include "probe.hpp"
 #include "tunnel.hpp"
 
 int main(int argc, char** argv) {
     using namespace tcptunnel;
 
+    if (argc >= 2 && std::strcmp(argv[1], "probe") == 0) {
+        return run_probe_command(argc - 1, argv + 1);
+    }
     try {
         const auto command = parse_command_line(argc, argv);
         if (command.what == command_line::action::print_and_exit) {

@@ -13,15 +13,17 @@ namespace {
 constexpr auto reset_drain_stall_limit = std::chrono::seconds(2);
 constexpr auto reset_drain_poll = std::chrono::milliseconds(5);
 
+// Errors come from Asio (its own category) and from splice(2) (the system category).
 bool is_reset(const std::error_code& error) {
-    return error == asio::error::connection_reset || error == asio::error::broken_pipe;
+    return error == asio::error::connection_reset || error == asio::error::broken_pipe ||
+           error == std::errc::connection_reset || error == std::errc::broken_pipe;
 }
 
 std::string describe(const std::error_code& error) {
     if (is_reset(error)) {
         return "rst";
     }
-    if (error == asio::error::timed_out) {
+    if (error == asio::error::timed_out || error == std::errc::timed_out) {
         return "timeout";
     }
     return "error: " + error.message();
@@ -68,7 +70,11 @@ void relay::abort(const char* reason) {
         return;
     }
     ending_ = true;
-    note_end("tunnel", reason);
+
+    // The tunnel's reason replaces an earlier FIN: a half-closed connection ended by its timeout
+    // is logged as ended by that timeout.
+    closed_by_ = "tunnel";
+    how_ = reason;
     close_both();
 }
 

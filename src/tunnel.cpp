@@ -22,6 +22,9 @@ namespace {
 constexpr std::size_t reserved_descriptors = 24;
 constexpr std::size_t descriptors_per_connection = 2;
 
+// After the drain, how long the connections ended by force get to write their summary lines.
+constexpr auto final_grace = std::chrono::milliseconds(100);
+
 // Raises the soft open-files limit to the hard one and returns the resulting soft limit.
 std::size_t raise_open_files_limit() {
     rlimit limit{};
@@ -200,6 +203,17 @@ int run_tunnel(const tunnel_config& given_config) {
         }
     }
 
+    if (config.admission.allow_from.empty()) {
+        for (const auto& listener : listeners) {
+            if (!listener.address().is_loopback()) {
+                log_event(log_level::warn, "open_relay",
+                          {{"address", endpoint_text(listener)},
+                           {"detail", "every host that reaches this address can use the tunnel; "
+                                      "restrict it with --allow-from"}});
+            }
+        }
+    }
+
     for (const auto& line : ready_lines) {
         std::fprintf(stdout, "%s\n", line.c_str());
     }
@@ -218,10 +232,7 @@ int run_tunnel(const tunnel_config& given_config) {
 
     const auto stop_everything = [&]() {
         for (auto& each : workers) {
-            asio::post(each->io(), [&each]() {
-                each->abort_connections();
-                each->io().stop();
-            });
+            asio::post(each->io(), [&each]() { each->finish(final_grace); });
         }
         std::error_code ignored;
         stop_signals.cancel(ignored);

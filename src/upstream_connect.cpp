@@ -25,21 +25,15 @@ struct connect_race {
 asio::awaitable<void> run_attempt(std::shared_ptr<connect_race> race, std::size_t index,
                                   std::chrono::milliseconds timeout) {
     auto& socket = *race->sockets[index];
-    asio::steady_timer deadline(socket.get_executor(), timeout);
-    bool timed_out = false;
-    deadline.async_wait([&socket, &timed_out](const std::error_code& error) {
-        // Runs with operation_aborted after the attempt ends; touches nothing then.
-        if (!error) {
-            timed_out = true;
-            std::error_code ignored;
-            socket.close(ignored);
-        }
+    scoped_deadline deadline(socket.get_executor(), timeout, [&socket]() {
+        std::error_code ignored;
+        socket.close(ignored);
     });
 
     auto [error] = co_await socket.async_connect(race->endpoints[index], use_nothrow);
-    deadline.cancel();
+    deadline.disarm();
 
-    if (timed_out) {
+    if (deadline.expired()) {
         error = asio::error::timed_out;
     }
     race->errors[index] = error;

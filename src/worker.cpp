@@ -19,7 +19,7 @@ worker::worker(const tunnel_config& config, tunnel_stats& stats,
                std::atomic<std::uint64_t>& next_id)
     : io_(std::make_unique<asio::io_context>(1)),
       slot_freed_(std::in_place, *io_),
-      context_{config, stats, {}, {}, {}, {}, {}},
+      context_{config, stats, {}, {}, {}, {}, {}, {}},
       next_id_(next_id) {}
 
 worker::~worker() {
@@ -28,6 +28,7 @@ worker::~worker() {
     context_.on_connection_end = nullptr;
     acceptors_.clear();
     slot_freed_.reset();
+    finish_timer_.reset();
     io_.reset();
 }
 
@@ -97,52 +98,119 @@ void worker::flush_failure_logs() {
                        {"count", limiter.suppressed()}});
         }
     }
+    for (auto& [reason, limiter] : context_.refusal_logs) {
+        if (limiter.suppressed() > 0) {
+            log_event(log_level::warn, "client_refused",
+                      {{"reason", reason}, {"count", limiter.suppressed()}});
+        }
+    }
+}
+
+void worker::finish(std::chrono::milliseconds grace) {
+    finishing_ = true;
+    stop_accepting();
+    abort_connections();
+    if (context_.live.empty()) {
+        io_->stop();
+        return;
+    }
+    finish_timer_.emplace(*io_, grace);
+    finish_timer_->async_wait([this](const std::error_code&) { io_->stop(); });
 }
 
 void worker::on_connection_end() {
     slot_freed_->cancel();
+    if (finishing_ && context_.live.empty()) {
+        io_->stop();
+    }
 }
 
-asio::awaitable<void> worker::wait_for_free_slot() {
-    const auto limit = context_.config.max_connections;
-    while (context_.stats.active.load(std::memory_order_relaxed) >= limit) {
+bool worker::try_claim_slot() {
+    auto& active = context_.stats.active;
+    const auto limit = static_cast<std::uint64_t>(context_.config.max_connections);
+    auto current = active.load(std::memory_order_relaxed);
+    while (current < limit) {
+        if (active.compare_exchange_weak(current, current + 1, std::memory_order_relaxed)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+void worker::release_slot() {
+    context_.stats.active.fetch_sub(1, std::memory_order_relaxed);
+}
+
+asio::awaitable<bool> worker::claim_slot(tcp::acceptor& acceptor) {
+    while (!try_claim_slot()) {
+        if (!acceptor.is_open()) {
+            co_return false;
+        }
         if (const auto count = limit_log_.admit(std::chrono::steady_clock::now())) {
             log_event(log_level::warn, "connection_limit",
-                      {{"max_connections", static_cast<std::uint64_t>(limit)},
+                      {{"max_connections",
+                        static_cast<std::uint64_t>(context_.config.max_connections)},
                        {"count", count}});
         }
         slot_freed_->expires_after(slot_poll_interval);
         co_await slot_freed_->async_wait(use_nothrow);
     }
+    co_return true;
 }
 
 asio::awaitable<void> worker::accept_loop(tcp::acceptor& acceptor) {
     log_rate_limiter accept_failure_log;
     asio::steady_timer backoff(*io_);
+    std::error_code ignored;
+    acceptor.non_blocking(true, ignored);
+
+    // The slot is claimed before accept() takes the client off the backlog, so the limit holds
+    // across all listeners and threads; at the limit, new clients wait in the backlog. Readiness
+    // is edge-triggered: after an edge, accept until EAGAIN before waiting again.
     for (;;) {
-        // At the limit, new clients wait in the listen backlog rather than being refused.
-        co_await wait_for_free_slot();
-        if (!acceptor.is_open()) {
+        auto [wait_error] = co_await acceptor.async_wait(tcp::acceptor::wait_read, use_nothrow);
+        if (wait_error || !acceptor.is_open()) {
             co_return;
         }
 
-        auto [error, socket] = co_await acceptor.async_accept(use_nothrow);
-        if (error == asio::error::operation_aborted || !acceptor.is_open()) {
-            co_return;
-        }
-        if (error) {
-            if (const auto count = accept_failure_log.admit(std::chrono::steady_clock::now())) {
-                log_event(log_level::warn, "accept_failed",
-                          {{"error", error.message()}, {"count", count}});
+        for (;;) {
+            if (!co_await claim_slot(acceptor)) {
+                co_return;
             }
-            backoff.expires_after(accept_error_backoff);
-            co_await backoff.async_wait(use_nothrow);
-            continue;
-        }
+            if (!acceptor.is_open()) {
+                release_slot();
+                co_return;
+            }
 
-        context_.stats.accepted.fetch_add(1, std::memory_order_relaxed);
-        const auto id = next_id_.fetch_add(1, std::memory_order_relaxed);
-        asio::co_spawn(*io_, serve_connection(std::move(socket), context_, id), asio::detached);
+            std::error_code error;
+            auto socket = acceptor.accept(error);
+            if (error == asio::error::would_block || error == asio::error::try_again) {
+                release_slot();
+                break;
+            }
+            if (error == asio::error::connection_aborted) {
+                release_slot();  // the client gave up while queued
+                continue;
+            }
+            if (error) {
+                release_slot();
+                if (const auto count = accept_failure_log.admit(std::chrono::steady_clock::now())) {
+                    log_event(log_level::warn, "accept_failed",
+                              {{"error", error.message()}, {"count", count}});
+                }
+                backoff.expires_after(accept_error_backoff);
+                co_await backoff.async_wait(use_nothrow);
+                if (!acceptor.is_open()) {
+                    co_return;
+                }
+                continue;
+            }
+
+            context_.stats.accepted.fetch_add(1, std::memory_order_relaxed);
+            const auto id = next_id_.fetch_add(1, std::memory_order_relaxed);
+            asio::co_spawn(*io_, serve_connection(std::move(socket), context_, id),
+                           asio::detached);
+        }
     }
 }
 

@@ -42,7 +42,12 @@ public:
     // Ends every open connection now (the drain deadline).
     void abort_connections();
 
-    // Writes the folded upstream failures not yet reported (at exit).
+    // Stops accepting, ends every open connection, and stops the event loop once their
+    // coroutines have wound down (so that their summary lines and byte counts are written), or
+    // after `grace` at the latest.
+    void finish(std::chrono::milliseconds grace);
+
+    // Writes the folded upstream failures and refusals not yet reported (at exit).
     void flush_failure_logs();
 
     // Called by the worker's connections as each ends.
@@ -50,12 +55,19 @@ public:
 
 private:
     asio::awaitable<void> accept_loop(tcp::acceptor& acceptor);
-    asio::awaitable<void> wait_for_free_slot();
+    // A slot is one unit of stats.active, shared by every worker: claimed here before a client
+    // is accepted and handed to serve_connection, which releases it when the connection ends.
+    bool try_claim_slot();
+    void release_slot();
+    // Waits for a free slot; false when the acceptor was closed meanwhile.
+    asio::awaitable<bool> claim_slot(tcp::acceptor& acceptor);
 
     // Destroyed by hand in ~worker(), before the members its coroutines refer to.
     std::unique_ptr<asio::io_context> io_;
     std::vector<tcp::acceptor> acceptors_;
     std::optional<asio::steady_timer> slot_freed_;
+    std::optional<asio::steady_timer> finish_timer_;
+    bool finishing_ = false;
     connection_context context_;
     std::atomic<std::uint64_t>& next_id_;
     log_rate_limiter limit_log_;

@@ -86,6 +86,9 @@ class Tunnel:
                 self.process.kill()
                 self.process.wait()
         self._stderr_thread.join(2)
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream:
+                stream.close()
         return self.process.returncode, self.stderr()
 
     def __enter__(self):
@@ -177,3 +180,165 @@ def recv_all(conn, timeout=10.0):
         if not data:
             return b"".join(chunks)
         chunks.append(data)
+
+
+# ---------------------------------------------------------------------------
+# Fault, limit and soak tests: wrapped commands, /proc readings, log fields, network namespaces.
+# ---------------------------------------------------------------------------
+
+class CommandTunnel(Tunnel):
+    """A Tunnel started through wrapper commands that exec the binary (prlimit, unshare,
+    ip netns exec, sh -c '... exec "$@"'), so that .pid is still the tunnel's own process."""
+
+    def __init__(self, prefix, *args, env=None, ready_timeout=5.0, expect_ready=True):
+        # Same start-up as Tunnel.__init__, with the prefix in front of the binary.
+        self.args = [*map(str, prefix), BINARY, *map(str, args)]
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        self.process = subprocess.Popen(
+            self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env,
+            text=True, encoding="utf-8", errors="replace")
+        self.ready_lines = []
+        self._stderr_chunks = []
+        self._stderr_thread = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._stderr_thread.start()
+        if expect_ready:
+            self._wait_ready(ready_timeout)
+
+
+def private_resolver_prefix(directory, hosts_text):
+    """A command prefix that runs the next command in its own mount namespace where
+    /etc/hosts is `directory`/hosts (written from hosts_text; rewrite that file in place to
+    change it under a running tunnel) and name lookups use that file only: no DNS query
+    leaves the machine. Returns (prefix, hosts_path)."""
+    hosts_path = os.path.join(directory, "hosts")
+    nsswitch_path = os.path.join(directory, "nsswitch.conf")
+    with open(hosts_path, "w", encoding="ascii") as hosts:
+        hosts.write(hosts_text)
+    with open(nsswitch_path, "w", encoding="ascii") as nsswitch:
+        nsswitch.write("hosts: files\n")
+    script = ('mount --bind "$1" /etc/hosts && mount --bind "$2" /etc/nsswitch.conf && '
+              'shift 2 && exec "$@"')
+    prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+              hosts_path, nsswitch_path]
+    return prefix, hosts_path
+
+
+def process_cpu_seconds(pid):
+    """User plus system CPU time of a process (all its threads), from /proc/PID/stat."""
+    with open("/proc/%d/stat" % pid, encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    # After the command name: state is field 3, utime field 14 and stime field 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_rss_kib(pid):
+    """Resident set size of a process in KiB, from /proc/PID/status."""
+    with open("/proc/%d/status" % pid, encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS for pid %d" % pid)
+
+
+def process_fd_count(pid):
+    """Open file descriptors of a process."""
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+LOG_FIELD_PATTERN = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def log_fields(line):
+    """The key=value fields of a text log line as a dict (quotes around values removed)."""
+    fields = {}
+    for key, value in LOG_FIELD_PATTERN.findall(line):
+        if value.startswith('"') and value.endswith('"') and len(value) >= 2:
+            value = value[1:-1]
+        fields[key] = value
+    return fields
+
+
+def wait_for_lines(tunnel, event, count, timeout=5.0):
+    """Waits until the tunnel has logged at least `count` lines of `event`; returns them."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = tunnel.log_lines(event)
+        if len(lines) >= count:
+            return lines
+        time.sleep(0.02)
+    return tunnel.log_lines(event)
+
+
+def request_stats(tunnel, timeout=5.0):
+    """Sends SIGUSR1 and returns the fields of the `stats when=signal` line it produced."""
+    before = len([line for line in tunnel.log_lines("stats") if "when=signal" in line])
+    tunnel.signal(signal.SIGUSR1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = [line for line in tunnel.log_lines("stats") if "when=signal" in line]
+        if len(lines) > before:
+            return log_fields(lines[before])
+        time.sleep(0.02)
+    raise AssertionError("no stats line within %.1fs of SIGUSR1" % timeout)
+
+
+class NetNamespace:
+    """A network namespace made for one test (`ip netns add`) and deleted by close(), with its
+    loopback up. call() runs Python code inside it: sockets made there belong to it."""
+
+    CLONE_NEWNET = 0x40000000
+
+    def __init__(self, name):
+        self.name = name
+        subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+        try:
+            self.ip("link", "set", "lo", "up")
+        except Exception:
+            self.close()
+            raise
+
+    def ip(self, *args):
+        """Runs `ip -n NAME ARGS...`; raises with ip's message on failure."""
+        result = subprocess.run(["ip", "-n", self.name, *map(str, args)], capture_output=True,
+                                text=True)
+        if result.returncode != 0:
+            raise RuntimeError("ip -n %s %s: %s" % (self.name, " ".join(map(str, args)),
+                                                    result.stderr.strip()))
+
+    def sysctl(self, key, value):
+        subprocess.run(["ip", "netns", "exec", self.name, "sysctl", "-qw",
+                        "%s=%s" % (key, value)], check=True, capture_output=True)
+
+    def exec_prefix(self):
+        """A command prefix that runs the next command inside the namespace."""
+        return ["ip", "netns", "exec", self.name]
+
+    def call(self, function, *args):
+        """Runs function(*args) on a thread that joined the namespace; returns its result."""
+        import ctypes
+        outcome = {}
+
+        def run():
+            libc = ctypes.CDLL(None, use_errno=True)
+            descriptor = os.open("/var/run/netns/" + self.name, os.O_RDONLY)
+            try:
+                if libc.setns(descriptor, self.CLONE_NEWNET) != 0:
+                    outcome["error"] = OSError(ctypes.get_errno(), "setns " + self.name)
+                    return
+            finally:
+                os.close(descriptor)
+            try:
+                outcome["value"] = function(*args)
+            except BaseException as error:  # handed back to the caller's thread
+                outcome["error"] = error
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
+
+    def close(self):
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
