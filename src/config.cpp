@@ -65,7 +65,8 @@ command_line parse_legacy_form(int argc, const char* const* argv) {
         config.upstream = parse_endpoint(format_endpoint(remote_host, parse_port(remote_port)));
     } catch (const parse_error& error) {
         throw usage_error("REMOTE_HOST " + quote_input(remote_host) + " REMOTE_PORT " +
-                          quote_input(remote_port) + ": " + error.what() + " (" + legacy_usage + ")");
+                          quote_input(remote_port) + ": " + error.what() + " (" + legacy_usage +
+                          ")");
     }
     try {
         listen.endpoint.host = parse_endpoint(format_endpoint(bind_host, 1)).host;
@@ -243,11 +244,11 @@ command_line parse_command_line(int argc, const char* const* argv) {
     for (auto name : sni_names) {
         std::transform(name.begin(), name.end(), name.begin(),
                        [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-        const bool valid = !name.empty() && name.size() <= 253 &&
-                           std::all_of(name.begin(), name.end(), [](char c) {
-                               return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-                                      c == '.' || c == '-';
-                           });
+        const bool valid =
+            !name.empty() && name.size() <= 253 &&
+            std::all_of(name.begin(), name.end(), [](char c) {
+                return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '-';
+            });
         if (!valid) {
             throw usage_error("--sni " + quote_input(name) +
                               ": not a host name (expected letters, digits, '.' and '-')");
@@ -263,11 +264,10 @@ command_line parse_command_line(int argc, const char* const* argv) {
                     : splice_text == "never" ? splice_mode::never
                                              : splice_mode::automatic;
 
-    static constexpr std::pair<const char*, log_level> levels[] = {
-        {"error", log_level::error},
-        {"warn", log_level::warn},
-        {"info", log_level::info},
-        {"debug", log_level::debug}};
+    static constexpr std::pair<const char*, log_level> levels[] = {{"error", log_level::error},
+                                                                   {"warn", log_level::warn},
+                                                                   {"info", log_level::info},
+                                                                   {"debug", log_level::debug}};
     for (const auto& [name, level] : levels) {
         if (level_text == name) {
             config.level = level;

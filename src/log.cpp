@@ -23,7 +23,8 @@ void append_hex_escape(std::string& out, unsigned char c, std::string_view prefi
 void append_timestamp(std::string& out, std::chrono::system_clock::time_point when) {
     const auto since_epoch = when.time_since_epoch();
     const auto seconds = std::chrono::duration_cast<std::chrono::seconds>(since_epoch);
-    const auto millis = std::chrono::duration_cast<std::chrono::milliseconds>(since_epoch - seconds);
+    const auto millis =
+        std::chrono::duration_cast<std::chrono::milliseconds>(since_epoch - seconds);
     const std::time_t time = static_cast<std::time_t>(seconds.count());
     std::tm parts{};
     gmtime_r(&time, &parts);

@@ -22,8 +22,7 @@ struct log_field {
     log_field(std::string_view k, std::int64_t v)
         : key(k), value(std::to_string(v)), is_number(true) {}
     log_field(std::string_view k, int v) : key(k), value(std::to_string(v)), is_number(true) {}
-    log_field(std::string_view k, unsigned v)
-        : key(k), value(std::to_string(v)), is_number(true) {}
+    log_field(std::string_view k, unsigned v) : key(k), value(std::to_string(v)), is_number(true) {}
 
     std::string_view key;
     std::string value;
@@ -54,8 +53,9 @@ std::string_view to_string(log_level level);
 // Folds repeated events of one kind: at most one line per interval, each carrying the number
 // of events it stands for. Not thread-safe: one per io_context.
 class log_rate_limiter {
-public:
-    explicit log_rate_limiter(std::chrono::steady_clock::duration interval = std::chrono::seconds(1))
+  public:
+    explicit log_rate_limiter(
+        std::chrono::steady_clock::duration interval = std::chrono::seconds(1))
         : interval_(interval) {}
 
     // Counts an event; returns the number of events the line should stand for (this one and those
@@ -65,7 +65,7 @@ public:
     // Events counted since the last admitted line (for a final line at exit).
     std::uint64_t suppressed() const { return suppressed_; }
 
-private:
+  private:
     std::chrono::steady_clock::duration interval_;
     std::chrono::steady_clock::time_point last_line_{};
     std::uint64_t suppressed_ = 0;

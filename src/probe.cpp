@@ -7,6 +7,7 @@
 #include <thread>
 #include <vector>
 
+#include "certificate_text.hpp"
 #include "config.hpp"
 #include "duration.hpp"
 #include "log.hpp"
@@ -56,8 +57,7 @@ std::string endpoint_text(const tcp::endpoint& endpoint) {
     return format_endpoint(endpoint.address().to_string(), endpoint.port());
 }
 
-asio::awaitable<void> connect_into(const endpoint_spec& target,
-                                   std::chrono::milliseconds timeout,
+asio::awaitable<void> connect_into(const endpoint_spec& target, std::chrono::milliseconds timeout,
                                    std::optional<upstream_result>& result) {
     result.emplace(co_await connect_upstream(target, timeout));
 }
@@ -79,11 +79,11 @@ probe_outcome probe_once(const probe_options& options) {
 
     std::optional<tls_checker> checker;
     if (options.tls) {
-        checker.emplace(tls_check_options{
-            options.server_name, options.ca_file, options.http_path,
-            options.target.port == 443
-                ? options.server_name
-                : format_endpoint(options.server_name, options.target.port)});
+        checker.emplace(
+            tls_check_options{options.server_name, options.ca_file, options.http_path,
+                              options.target.port == 443
+                                  ? options.server_name
+                                  : format_endpoint(options.server_name, options.target.port)});
         if (auto failure = checker->load_trust()) {
             return *failure;
         }
@@ -176,8 +176,8 @@ std::string render_probe_line(const probe_options& options, const probe_outcome&
         line += " (attempt " + std::to_string(attempt) + " of " + std::to_string(max_attempts) +
                 ", next in " + format_duration(retry_in) + ")";
     } else if (max_attempts > 1) {
-        line += " (attempt " + std::to_string(attempt) + " of " + std::to_string(max_attempts) +
-                ")";
+        line +=
+            " (attempt " + std::to_string(attempt) + " of " + std::to_string(max_attempts) + ")";
     }
     line += '\n';
     return line;

@@ -43,9 +43,10 @@ probe_command_line parse_probe_command_line(int argc, const char* const* argv) {
     std::string http_path;
     std::string format_text = "text";
 
-    CLI::App app{"Checks that the upstream answers, as a TCP connection or as the TLS server that "
-                 "gh expects, and prints one line: probe HOST:PORT WORD detail.",
-                 "tcptunnel probe"};
+    CLI::App app{
+        "Checks that the upstream answers, as a TCP connection or as the TLS server that "
+        "gh expects, and prints one line: probe HOST:PORT WORD detail.",
+        "tcptunnel probe"};
     app.set_version_flag("--version", version_text());
     app.footer(
         "Words: ok, dns-nxdomain, dns-temporary, refused, unreachable, timeout, reset, not-tls,\n"

@@ -14,6 +14,7 @@
 #include <ctime>
 #include <memory>
 
+#include "certificate_text.hpp"
 #include "log.hpp"
 
 namespace tcptunnel {
@@ -49,83 +50,6 @@ struct session_state {
     std::optional<finding> other;
 };
 
-std::string openssl_error_text() {
-    const auto code = ERR_peek_last_error();
-    if (code == 0) {
-        return "no OpenSSL error queued";
-    }
-    if (ERR_SYSTEM_ERROR(code)) {
-        return std::strerror(static_cast<int>(ERR_GET_REASON(code)));
-    }
-    const char* reason = ERR_reason_error_string(code);
-    return reason != nullptr ? reason : "OpenSSL error " + std::to_string(code);
-}
-
-std::string name_text(const X509_NAME* name) {
-    std::unique_ptr<BIO, decltype(&BIO_free)> out(BIO_new(BIO_s_mem()), BIO_free);
-    if (!out || X509_NAME_print_ex(out.get(), name, 0, XN_FLAG_RFC2253) < 0) {
-        return "?";
-    }
-    char* data = nullptr;
-    const long length = BIO_get_mem_data(out.get(), &data);
-    return escape_for_log(std::string_view(data, static_cast<std::size_t>(length)), 120);
-}
-
-std::optional<std::chrono::system_clock::time_point> to_time_point(const ASN1_TIME* time) {
-    std::tm parts{};
-    if (time == nullptr || ASN1_TIME_to_tm(time, &parts) != 1) {
-        return std::nullopt;
-    }
-    return std::chrono::system_clock::from_time_t(timegm(&parts));
-}
-
-std::string time_text(const ASN1_TIME* time) {
-    const auto when = to_time_point(time);
-    return when ? format_utc(*when) : "(unreadable date)";
-}
-
-std::string subject_alt_names(const X509* cert) {
-    std::unique_ptr<GENERAL_NAMES, decltype(&GENERAL_NAMES_free)> names(
-        static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr)),
-        GENERAL_NAMES_free);
-    if (!names || sk_GENERAL_NAME_num(names.get()) == 0) {
-        return "none (no subjectAltName)";
-    }
-    std::string list;
-    for (int i = 0; i < sk_GENERAL_NAME_num(names.get()); ++i) {
-        const GENERAL_NAME* name = sk_GENERAL_NAME_value(names.get(), i);
-        std::string entry;
-        if (name->type == GEN_DNS) {
-            const auto* text = name->d.dNSName;
-            entry = "DNS:" + std::string(reinterpret_cast<const char*>(ASN1_STRING_get0_data(text)),
-                                         static_cast<std::size_t>(ASN1_STRING_length(text)));
-        } else if (name->type == GEN_IPADD) {
-            const auto* octets = name->d.iPAddress;
-            const int length = ASN1_STRING_length(octets);
-            char text[INET6_ADDRSTRLEN] = "?";
-            if (length == 4 || length == 16) {
-                inet_ntop(length == 4 ? AF_INET : AF_INET6, ASN1_STRING_get0_data(octets), text,
-                          sizeof text);
-            }
-            entry = std::string("IP:") + text;
-        } else if (name->type == GEN_EMAIL) {
-            entry = "email";
-        } else if (name->type == GEN_URI) {
-            entry = "URI";
-        } else {
-            entry = "other";
-        }
-        list += (list.empty() ? "" : ", ") + entry;
-    }
-    return escape_for_log(list, 400);
-}
-
-std::string validity_detail(const X509* cert) {
-    return "certificate " + name_text(X509_get_subject_name(cert)) + " valid from " +
-           time_text(X509_get0_notBefore(cert)) + " until " + time_text(X509_get0_notAfter(cert)) +
-           ", now " + format_utc(std::chrono::system_clock::now());
-}
-
 // Verification goes on past each problem (the callback returns 1) so that all of them are
 // seen and the most telling one can be reported; the handshake then completes, and the probe
 // closes it with close_notify instead of aborting with an alert the server would log.
@@ -133,8 +57,8 @@ int record_verify_error(int preverified, X509_STORE_CTX* store) {
     if (preverified == 1) {
         return 1;
     }
-    auto* ssl = static_cast<SSL*>(
-        X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
+    auto* ssl =
+        static_cast<SSL*>(X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
     auto* state = static_cast<session_state*>(SSL_get_app_data(ssl));
     const int error = X509_STORE_CTX_get_error(store);
     const X509* cert = X509_STORE_CTX_get_current_cert(store);
@@ -216,7 +140,8 @@ bool wait_for(int fd, short events, steady::time_point deadline) {
             return false;
         }
         pollfd entry{fd, events, 0};
-        const int ready = ::poll(&entry, 1, static_cast<int>(std::min<long long>(left.count(), INT_MAX)));
+        const int ready =
+            ::poll(&entry, 1, static_cast<int>(std::min<long long>(left.count(), INT_MAX)));
         // Errors and hang-ups count as ready: the next OpenSSL call reports them.
         if (ready > 0 || (ready < 0 && errno != EINTR)) {
             return true;
@@ -272,8 +197,8 @@ probe_outcome handshake_failure(const session_state& state, const ssl_call& call
                                 const std::string& peer) {
     // A peer that is not a TLS server fails the first record's header check, whatever it sent.
     if (!state.first_bytes.empty() && !looks_like_tls_record(state.first_bytes)) {
-        return {"not-tls", peer + " answered \"" + first_line(state.first_bytes) +
-                               "\", not a TLS handshake"};
+        return {"not-tls",
+                peer + " answered \"" + first_line(state.first_bytes) + "\", not a TLS handshake"};
     }
     // Worded as connect_upstream words a reset that arrives while connecting: whether a server
     // that resets on accept is caught there or here is only a matter of timing.
@@ -365,7 +290,8 @@ probe_outcome http_get(SSL* ssl, int fd, const tls_check_options& options,
         return {"reset", "GET " + path + ": " + peer + " reset the connection"};
     }
     if (peer_closed(failed)) {
-        return {"error", "GET " + path + ": " + peer + " closed the connection before a status line"};
+        return {"error",
+                "GET " + path + ": " + peer + " closed the connection before a status line"};
     }
     return {"tls-error", "GET " + path + ": " + openssl_error_text()};
 }
@@ -394,9 +320,8 @@ std::optional<std::string> close_gracefully(SSL* ssl, int fd, steady::time_point
     std::size_t drained = 0;
     while (drained < drain_limit) {
         char buffer[4096];
-        const auto read = drive(ssl, fd, until, [&] {
-            return SSL_read(ssl, buffer, static_cast<int>(sizeof buffer));
-        });
+        const auto read = drive(
+            ssl, fd, until, [&] { return SSL_read(ssl, buffer, static_cast<int>(sizeof buffer)); });
         if (read.result <= 0) {
             const auto code = ERR_peek_last_error();
             if (read.ssl_error == SSL_ERROR_SSL && ERR_GET_LIB(code) == ERR_LIB_SSL &&
@@ -412,32 +337,6 @@ std::optional<std::string> close_gracefully(SSL* ssl, int fd, steady::time_point
 }
 
 }  // namespace
-
-std::string format_utc(std::chrono::system_clock::time_point when) {
-    const std::time_t time = std::chrono::system_clock::to_time_t(when);
-    std::tm parts{};
-    gmtime_r(&time, &parts);
-    char text[32];
-    const auto length = std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &parts);
-    return std::string(text, length);
-}
-
-std::string format_time_left(std::chrono::seconds left) {
-    const long long total = std::max<long long>(0, left.count());
-    const long long days = total / 86400;
-    const long long hours = total % 86400 / 3600;
-    const long long minutes = total % 3600 / 60;
-    if (days > 0) {
-        return std::to_string(days) + "d " + std::to_string(hours) + "h";
-    }
-    if (hours > 0) {
-        return std::to_string(hours) + "h " + std::to_string(minutes) + "m";
-    }
-    if (minutes > 0) {
-        return std::to_string(minutes) + "m";
-    }
-    return std::to_string(total) + "s";
-}
 
 bool looks_like_tls_record(std::string_view first_bytes) {
     if (first_bytes.empty()) {
@@ -507,8 +406,8 @@ probe_outcome tls_checker::check(int fd, const std::string& peer, steady::time_p
         return {"error", "cannot make a TLS session: " + openssl_error_text()};
     }
     session_state state;
-    state.trust_source =
-        options_.ca_file ? "CA file " + escape_for_log(*options_.ca_file, 200) : "the default store";
+    state.trust_source = options_.ca_file ? "CA file " + escape_for_log(*options_.ca_file, 200)
+                                          : "the default store";
     state.server_name = options_.server_name;
     BIO_set_callback_ex(bio, record_io);
     BIO_set_callback_arg(bio, reinterpret_cast<char*>(&state));
@@ -549,8 +448,8 @@ probe_outcome tls_checker::check(int fd, const std::string& peer, steady::time_p
         if (outcome.not_after) {
             const auto left = std::chrono::duration_cast<std::chrono::seconds>(
                 *outcome.not_after - std::chrono::system_clock::now());
-            outcome.detail += ", certificate valid until " + format_utc(*outcome.not_after) +
-                              " (" + format_time_left(left) + " left)";
+            outcome.detail += ", certificate valid until " + format_utc(*outcome.not_after) + " (" +
+                              format_time_left(left) + " left)";
         }
         if (options_.http_path) {
             auto answer = http_get(ssl, fd, options_, state, peer, deadline, timeout_text);

@@ -25,15 +25,15 @@ struct probe_outcome {
 
 // What the handshake must check.
 struct tls_check_options {
-    std::string server_name;              // SNI and the name a subjectAltName must match
-    std::optional<std::string> ca_file;   // when set, the only trusted certificates
+    std::string server_name;               // SNI and the name a subjectAltName must match
+    std::optional<std::string> ca_file;    // when set, the only trusted certificates
     std::optional<std::string> http_path;  // GET this after the handshake
-    std::string http_host;                // the Host header of that GET
+    std::string http_host;                 // the Host header of that GET
 };
 
 // A TLS client configuration with its trust loaded. Not thread-safe.
 class tls_checker {
-public:
+  public:
     explicit tls_checker(tls_check_options options);
     ~tls_checker();
     tls_checker(const tls_checker&) = delete;
@@ -53,16 +53,10 @@ public:
                         std::chrono::steady_clock::time_point deadline,
                         const std::string& timeout_text);
 
-private:
+  private:
     tls_check_options options_;
     SSL_CTX* context_ = nullptr;
 };
-
-// Formats a time as 2026-12-05T14:59:43Z.
-std::string format_utc(std::chrono::system_clock::time_point when);
-
-// Formats a remaining time coarsely for people: "2d 3h", "23h 59m", "4m", "12s".
-std::string format_time_left(std::chrono::seconds left);
 
 // True when the first bytes a peer sent could start a TLS record (content type 20-24, major
 // version 3); false for anything else, such as an HTTP answer or an SSH banner.

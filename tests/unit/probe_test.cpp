@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include "certificate_text.hpp"
 #include "config.hpp"
 
 using namespace std::chrono_literals;
