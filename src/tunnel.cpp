@@ -214,14 +214,6 @@ int run_tunnel(const tunnel_config& given_config) {
         }
     }
 
-    for (const auto& line : ready_lines) {
-        std::fprintf(stdout, "%s\n", line.c_str());
-    }
-    std::fflush(stdout);
-    log_event(log_level::debug, "ready",
-              {{"max_connections", static_cast<std::uint64_t>(config.max_connections)},
-               {"threads", config.threads}});
-
     // Shutdown: the first signal stops accepting and starts the drain; the drain ends when the
     // last connection closes, at the drain deadline, or at a second signal.
     auto& main_io = workers.front()->io();
@@ -292,6 +284,16 @@ int run_tunnel(const tunnel_config& given_config) {
         check_drained();
     };
     stop_signals.async_wait(on_stop);
+
+    // The ready line only now: a script may signal the moment it reads it, and before the signal
+    // sets exist SIGTERM or SIGUSR1 would end the process by the default action.
+    for (const auto& line : ready_lines) {
+        std::fprintf(stdout, "%s\n", line.c_str());
+    }
+    std::fflush(stdout);
+    log_event(log_level::debug, "ready",
+              {{"max_connections", static_cast<std::uint64_t>(config.max_connections)},
+               {"threads", config.threads}});
 
     for (auto& each : workers) {
         each->start_accepting();
