@@ -32,6 +32,19 @@ listen_spec make_listen_spec(const std::string& text) {
     }
 }
 
+// CLI11 reads unsigned options with strtoull, which takes "-1" as the largest value and "010" as
+// octal: a count must be written in plain decimal digits, without a leading zero.
+const CLI::Validator decimal_count(
+    [](std::string& text) {
+        const bool digits = !text.empty() && std::all_of(text.begin(), text.end(), [](char c) {
+            return c >= '0' && c <= '9';
+        });
+        const bool decimal = digits && (text == "0" || text[0] != '0');
+        return decimal ? std::string()
+                       : quote_input(text) + " is not a decimal whole number (expected e.g. 100)";
+    },
+    "");
+
 std::chrono::milliseconds make_duration(const char* option, const std::string& text) {
     try {
         return parse_duration(text);
@@ -153,11 +166,13 @@ command_line parse_command_line(int argc, const char* const* argv) {
                    "Open connections at most; more clients wait in the listen backlog "
                    "(0: derived from the open-files limit, 2 descriptors a connection)")
         ->capture_default_str()
+        ->check(decimal_count)
         ->envname("TCPTUNNEL_MAX_CONNECTIONS");
     app.add_option("--threads", config.threads,
                    "Worker threads, each with its own event loop and SO_REUSEPORT listeners")
         ->capture_default_str()
         ->check(CLI::Range(1u, 64u))
+        ->check(decimal_count)
         ->envname("TCPTUNNEL_THREADS");
     app.add_option("--splice", splice_text,
                    "Zero-copy splice(2) data path: auto (for bulk transfers), always or never")

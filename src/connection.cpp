@@ -13,12 +13,15 @@ std::string endpoint_text(const tcp::endpoint& endpoint) {
     return format_endpoint(endpoint.address().to_string(), endpoint.port());
 }
 
+// A duration in milliseconds with three decimals; a number, so JSON writes it unquoted.
 template <typename Duration>
-std::string milliseconds_text(Duration duration) {
+log_field milliseconds_field(std::string_view key, Duration duration) {
     const auto micros = std::chrono::duration_cast<std::chrono::microseconds>(duration).count();
     char text[32];
     std::snprintf(text, sizeof text, "%.3f", static_cast<double>(micros) / 1000.0);
-    return text;
+    log_field field(key, std::string_view(text));
+    field.is_number = true;
+    return field;
 }
 
 // Keeps a connection on its worker's list for as long as it lives; releases its slot at the end.
@@ -169,7 +172,7 @@ asio::awaitable<void> serve_connection(tcp::socket downstream, connection_contex
                   {{"id", id},
                    {"client", client},
                    {"upstream", upstream_text},
-                   {"connect_ms", milliseconds_text(upstream.connect_time)}});
+                   milliseconds_field("connect_ms", upstream.connect_time)});
     }
 
     relay connection_relay(downstream, upstream.socket, {context.buffers, context.pipes},
@@ -187,8 +190,8 @@ asio::awaitable<void> serve_connection(tcp::socket downstream, connection_contex
               {{"id", id},
                {"client", client},
                {"upstream", upstream_text},
-               {"connect_ms", milliseconds_text(upstream.connect_time)},
-               {"duration_ms", milliseconds_text(std::chrono::steady_clock::now() - started_at)},
+               milliseconds_field("connect_ms", upstream.connect_time),
+               milliseconds_field("duration_ms", std::chrono::steady_clock::now() - started_at),
                {"from_client", connection_relay.bytes_from_client()},
                {"from_upstream", connection_relay.bytes_from_upstream()},
                {"closed_by", connection_relay.closed_by()},
