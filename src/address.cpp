@@ -10,7 +10,7 @@ namespace {
 // A host is a DNS name or an IP literal: letters, digits and a few punctuation marks. Anything
 // else (spaces, control bytes, slashes) is refused here so it never reaches a resolver or a log.
 bool is_valid_host(std::string_view host) {
-    if (host.empty() || host.size() > 253) {
+    if (host.empty()) {
         return false;
     }
     return std::all_of(host.begin(), host.end(), [](char c) {
@@ -44,6 +44,8 @@ endpoint_spec parse_endpoint(std::string_view text, std::optional<std::string_vi
     constexpr std::string_view scheme = "tcp://";
     if (text.substr(0, scheme.size()) == scheme) {
         text.remove_prefix(scheme.size());
+    } else if (text.find("://") != std::string_view::npos) {
+        throw parse_error("only the tcp:// scheme is accepted");
     }
     if (!text.empty() && text.back() == '/') {
         text.remove_suffix(1);
@@ -87,6 +89,9 @@ endpoint_spec parse_endpoint(std::string_view text, std::optional<std::string_vi
 
     if (result.host.empty()) {
         throw parse_error("empty host");
+    }
+    if (result.host.size() > 253) {
+        throw parse_error("host name longer than 253 characters");
     }
     if (!is_valid_host(result.host)) {
         throw parse_error("host has characters not allowed in a name or IP address");

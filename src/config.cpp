@@ -40,8 +40,14 @@ const CLI::Validator decimal_count(
             return c >= '0' && c <= '9';
         });
         const bool decimal = digits && (text == "0" || text[0] != '0');
-        return decimal ? std::string()
-                       : quote_input(text) + " is not a decimal whole number (expected e.g. 100)";
+        if (!decimal) {
+            return quote_input(text) + " is not a decimal whole number (expected e.g. 100)";
+        }
+        // strtoull would wrap a value past its range without a word.
+        if (text.size() > 9) {
+            return quote_input(text) + " is too large (expected at most 999999999)";
+        }
+        return std::string();
     },
     "");
 

@@ -1,4 +1,7 @@
 // tcptunnel: relays TCP connections from local listeners to one upstream address.
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -32,10 +35,23 @@ bool io_uring_refused() {
     return false;
 }
 
+// Started with stdin, stdout or stderr closed, the event loop's own descriptors would take those
+// numbers and the ready line and the log would be written into them: /dev/null fills the gaps.
+void fill_closed_standard_descriptors() {
+    // open() takes the lowest free number, which is `fd` once the lower ones are filled.
+    for (int fd = 0; fd <= 2; ++fd) {
+        if (::fcntl(fd, F_GETFD) == -1) {
+            ::open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY);
+        }
+    }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     using namespace tcptunnel;
+
+    fill_closed_standard_descriptors();
 
     if (argc >= 2 && std::strcmp(argv[1], "probe") == 0) {
         return io_uring_refused() ? 1 : run_probe_command(argc - 1, argv + 1);

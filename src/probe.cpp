@@ -185,8 +185,9 @@ std::string render_probe_line(const probe_options& options, const probe_outcome&
 
 int run_probe(const probe_options& options) {
     const unsigned max_attempts = options.retries + 1;
-    const auto longest_delay = std::max(options.retry_delay, options.retry_delay_max);
-    auto delay = options.retry_delay;
+    // --retry-delay-max caps every pause, the first one too.
+    const auto longest_delay = options.retry_delay_max;
+    auto delay = std::min(options.retry_delay, longest_delay);
     for (unsigned attempt = 1;; ++attempt) {
         const auto outcome = probe_once(options);
         const bool last = outcome.word == "ok" || attempt == max_attempts;

@@ -105,11 +105,36 @@ std::string endpoint_text(const tcp::endpoint& endpoint) {
     return format_endpoint(endpoint.address().to_string(), endpoint.port());
 }
 
+// With several threads each worker binds its own SO_REUSEPORT socket, and the kernel would let
+// any other SO_REUSEPORT socket of the same user join the group and take a share of the
+// clients, such as a second tunnel started on the same port by mistake. A bind without
+// SO_REUSEPORT first fails if anything holds the port; it also picks the port for port 0.
+// Limitation: a process that joins the group after this check is not detected.
+std::uint16_t claim_port_exclusively(const tcp::endpoint& endpoint, std::error_code& error) {
+    asio::io_context io;
+    tcp::acceptor probe(io);
+    probe.open(endpoint.protocol(), error);
+    if (!error) {
+        probe.set_option(asio::socket_base::reuse_address(true), error);
+    }
+    if (!error && endpoint.address().is_v6()) {
+        probe.set_option(asio::ip::v6_only(true), error);
+    }
+    if (!error) {
+        probe.bind(endpoint, error);
+    }
+    return error ? 0 : probe.local_endpoint(error).port();
+}
+
 }  // namespace
 
 bool dials_itself(const tcp::endpoint& upstream, const std::vector<tcp::endpoint>& listeners,
                   const std::vector<asio::ip::address>& local_addresses) {
-    const auto& address = upstream.address();
+    // A connection to ::ffff:a.b.c.d reaches the IPv4 listener on a.b.c.d.
+    auto address = upstream.address();
+    if (address.is_v6() && address.to_v6().is_v4_mapped()) {
+        address = asio::ip::make_address_v4(asio::ip::v4_mapped, address.to_v6());
+    }
     const bool is_local = address.is_loopback() ||
                           std::find(local_addresses.begin(), local_addresses.end(), address) !=
                               local_addresses.end();
@@ -133,11 +158,19 @@ int run_tunnel(const tunnel_config& given_config) {
     configure_logging(config.level, config.format);
     std::signal(SIGPIPE, SIG_IGN);
     const auto open_files = raise_open_files_limit();
+    const auto connections_that_fit = std::max<std::size_t>(
+        1, (open_files > reserved_descriptors ? open_files - reserved_descriptors : 0) /
+               descriptors_per_connection);
     if (config.max_connections == 0) {
-        config.max_connections =
-            std::max<std::size_t>(1, (open_files > reserved_descriptors
-                                          ? open_files - reserved_descriptors
-                                          : 0) / descriptors_per_connection);
+        config.max_connections = connections_that_fit;
+    } else if (config.max_connections > connections_that_fit) {
+        // Beyond this, clients would be accepted only to fail for want of a descriptor for
+        // their upstream; waiting in the backlog serves them better.
+        log_event(log_level::warn, "max_connections_capped",
+                  {{"requested", static_cast<std::uint64_t>(config.max_connections)},
+                   {"max_connections", static_cast<std::uint64_t>(connections_that_fit)},
+                   {"open_files_limit", static_cast<std::uint64_t>(open_files)}});
+        config.max_connections = connections_that_fit;
     }
 
     tunnel_stats stats;
@@ -164,7 +197,10 @@ int run_tunnel(const tunnel_config& given_config) {
         for (const auto& address : addresses) {
             for (auto& each : workers) {
                 std::error_code error;
-                const auto bound = each->bind({address, port}, reuse_port, error);
+                if (reuse_port && each == workers.front()) {
+                    port = claim_port_exclusively({address, port}, error);
+                }
+                const auto bound = error ? 0 : each->bind({address, port}, reuse_port, error);
                 if (error) {
                     // localhost without IPv6 (a container with IPv6 disabled) carries on with IPv4.
                     const bool optional_family =
@@ -217,7 +253,7 @@ int run_tunnel(const tunnel_config& given_config) {
     // Shutdown: the first signal stops accepting and starts the drain; the drain ends when the
     // last connection closes, at the drain deadline, or at a second signal.
     auto& main_io = workers.front()->io();
-    asio::signal_set stop_signals(main_io, SIGINT, SIGTERM);
+    asio::signal_set stop_signals(main_io, SIGINT, SIGTERM, SIGHUP);
     asio::signal_set stats_signal(main_io, SIGUSR1);
     asio::steady_timer drain_deadline(main_io);
     bool draining = false;
@@ -266,7 +302,9 @@ int run_tunnel(const tunnel_config& given_config) {
         }
         draining = true;
         log_event(log_level::info, "draining",
-                  {{"signal", signal_number == SIGTERM ? "SIGTERM" : "SIGINT"},
+                  {{"signal", signal_number == SIGTERM  ? "SIGTERM"
+                             : signal_number == SIGHUP ? "SIGHUP"
+                                                       : "SIGINT"},
                    {"open", stats.active.load()},
                    {"drain_timeout_ms", static_cast<std::uint64_t>(config.drain_timeout.count())}});
         for (auto& each : workers) {

@@ -1,5 +1,6 @@
 #include "worker.hpp"
 
+#include <poll.h>
 #include <sys/socket.h>
 
 namespace tcptunnel {
@@ -13,12 +14,16 @@ constexpr auto accept_error_backoff = std::chrono::milliseconds(100);
 // At the connection limit, a slot freed on another thread is noticed within this time.
 constexpr auto slot_poll_interval = std::chrono::milliseconds(50);
 
+bool client_is_queued(tcp::acceptor& acceptor) {
+    pollfd entry{acceptor.native_handle(), POLLIN, 0};
+    return ::poll(&entry, 1, 0) == 1 && (entry.revents & POLLIN) != 0;
+}
+
 }  // namespace
 
 worker::worker(const tunnel_config& config, tunnel_stats& stats,
                std::atomic<std::uint64_t>& next_id)
     : io_(std::make_unique<asio::io_context>(1)),
-      slot_freed_(std::in_place, *io_),
       context_{config, stats, {}, {}, {}, {}, {}, {}},
       next_id_(next_id) {}
 
@@ -27,7 +32,6 @@ worker::~worker() {
     // use context_; so the io_context goes first, after the objects that belong to it.
     context_.on_connection_end = nullptr;
     acceptors_.clear();
-    slot_freed_.reset();
     finish_timer_.reset();
     io_.reset();
 }
@@ -79,7 +83,7 @@ void worker::stop_accepting() {
         std::error_code ignored;
         acceptor.close(ignored);
     }
-    slot_freed_->cancel();
+    wake_accept_loops();
 }
 
 void worker::abort_connections() {
@@ -97,6 +101,11 @@ void worker::flush_failure_logs() {
                        {"reason", word},
                        {"count", limiter.suppressed()}});
         }
+    }
+    if (limit_log_.suppressed() > 0) {
+        log_event(log_level::warn, "connection_limit",
+                  {{"max_connections", static_cast<std::uint64_t>(context_.config.max_connections)},
+                   {"count", limit_log_.suppressed()}});
     }
     for (auto& [reason, limiter] : context_.refusal_logs) {
         if (limiter.suppressed() > 0) {
@@ -118,8 +127,14 @@ void worker::finish(std::chrono::milliseconds grace) {
     finish_timer_->async_wait([this](const std::error_code&) { io_->stop(); });
 }
 
+void worker::wake_accept_loops() {
+    for (auto* timer : accept_waits_) {
+        timer->cancel();
+    }
+}
+
 void worker::on_connection_end() {
-    slot_freed_->cancel();
+    wake_accept_loops();
     if (finishing_ && context_.live.empty()) {
         io_->stop();
     }
@@ -141,28 +156,42 @@ void worker::release_slot() {
     context_.stats.active.fetch_sub(1, std::memory_order_relaxed);
 }
 
-asio::awaitable<bool> worker::claim_slot(tcp::acceptor& acceptor) {
+asio::awaitable<bool> worker::claim_slot(tcp::acceptor& acceptor, asio::steady_timer& wait) {
+    bool counted = false;
     while (!try_claim_slot()) {
         if (!acceptor.is_open()) {
             co_return false;
         }
-        if (const auto count = limit_log_.admit(std::chrono::steady_clock::now())) {
-            log_event(log_level::warn, "connection_limit",
-                      {{"max_connections",
-                        static_cast<std::uint64_t>(context_.config.max_connections)},
-                       {"count", count}});
+
+        // One event per wait in which a client is really queued in the backlog.
+        if (!counted && client_is_queued(acceptor)) {
+            counted = true;
+            if (const auto count = limit_log_.admit(std::chrono::steady_clock::now())) {
+                log_event(log_level::warn, "connection_limit",
+                          {{"max_connections",
+                            static_cast<std::uint64_t>(context_.config.max_connections)},
+                           {"count", count}});
+            }
         }
-        slot_freed_->expires_after(slot_poll_interval);
-        co_await slot_freed_->async_wait(use_nothrow);
+
+        wait.expires_after(slot_poll_interval);
+        co_await wait.async_wait(use_nothrow);
     }
     co_return true;
 }
 
 asio::awaitable<void> worker::accept_loop(tcp::acceptor& acceptor) {
     log_rate_limiter accept_failure_log;
-    asio::steady_timer backoff(*io_);
     std::error_code ignored;
     acceptor.non_blocking(true, ignored);
+
+    // Each loop waits on its own timer: expires_after() on a shared one would cancel the other
+    // loops' waits and send them round again, each waking the next, without end. A connection
+    // that ends cancels the waits, since a slot or a descriptor may just have been freed.
+    asio::steady_timer wait(*io_);
+    const auto registered = accept_waits_.insert(accept_waits_.end(), &wait);
+    const auto unregister = [this, registered](void*) { accept_waits_.erase(registered); };
+    const std::unique_ptr<void, decltype(unregister)> registration(&wait, unregister);
 
     // The slot is claimed before accept() takes the client off the backlog, so the limit holds
     // across all listeners and threads; at the limit, new clients wait in the backlog. Readiness
@@ -174,7 +203,7 @@ asio::awaitable<void> worker::accept_loop(tcp::acceptor& acceptor) {
         }
 
         for (;;) {
-            if (!co_await claim_slot(acceptor)) {
+            if (!co_await claim_slot(acceptor, wait)) {
                 co_return;
             }
             if (!acceptor.is_open()) {
@@ -198,8 +227,8 @@ asio::awaitable<void> worker::accept_loop(tcp::acceptor& acceptor) {
                     log_event(log_level::warn, "accept_failed",
                               {{"error", error.message()}, {"count", count}});
                 }
-                backoff.expires_after(accept_error_backoff);
-                co_await backoff.async_wait(use_nothrow);
+                wait.expires_after(accept_error_backoff);
+                co_await wait.async_wait(use_nothrow);
                 if (!acceptor.is_open()) {
                     co_return;
                 }

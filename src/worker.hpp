@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <list>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -60,12 +61,13 @@ private:
     bool try_claim_slot();
     void release_slot();
     // Waits for a free slot; false when the acceptor was closed meanwhile.
-    asio::awaitable<bool> claim_slot(tcp::acceptor& acceptor);
+    asio::awaitable<bool> claim_slot(tcp::acceptor& acceptor, asio::steady_timer& wait);
+    void wake_accept_loops();
 
     // Destroyed by hand in ~worker(), before the members its coroutines refer to.
     std::unique_ptr<asio::io_context> io_;
     std::vector<tcp::acceptor> acceptors_;
-    std::optional<asio::steady_timer> slot_freed_;
+    std::list<asio::steady_timer*> accept_waits_;  // the timers accept loops are waiting on
     std::optional<asio::steady_timer> finish_timer_;
     bool finishing_ = false;
     connection_context context_;

@@ -4,14 +4,16 @@ TCPTUNNEL_* variables, proxy variables, and shutdown on SIGTERM and SIGINT.
 Every peer is a loopback socket of this process; the tunnel is the built binary.
 """
 
+import os
 import re
 import signal
 import socket
+import subprocess
 import time
 import unittest
 
-from tunnel_harness import (Listener, Tunnel, echo_handler, free_port, log_fields, run_binary,
-                            wait_for_lines)
+from tunnel_harness import (BINARY, Listener, Tunnel, echo_handler, free_port, log_fields,
+                            run_binary, wait_for_lines)
 
 LEGACY_USAGE = ("(usage: tcptunnel LOCAL_PORT REMOTE_HOST REMOTE_PORT [BIND_HOST], "
                 "or tcptunnel --help)")
@@ -144,6 +146,11 @@ class UsageErrorTest(unittest.TestCase):
              "(expected e.g. 100) (see tcptunnel --help)"),
             (["--max-connections", "010"], '--max-connections: "010" is not a decimal whole '
              "number (expected e.g. 100) (see tcptunnel --help)"),
+            (["--max-connections", "99999999999999999999"], '--max-connections: '
+             '"99999999999999999999" is too large (expected at most 999999999) '
+             "(see tcptunnel --help)"),
+            (["--to", "http://127.0.0.1:80"], '--to "http://127.0.0.1:80": only the tcp:// '
+             "scheme is accepted (expected HOST:PORT or [IPV6]:PORT)"),
         ]
         for args, expected in cases:
             with self.subTest(args=args):
@@ -194,6 +201,53 @@ class ProcessTest(unittest.TestCase):
             self.assertEqual(fields["address"], "127.0.0.1:%d" % port)
             self.assertEqual(fields["error"], "Address already in use")
             self.assertEqual(result.stdout, "")
+
+    def test_second_multi_thread_tunnel_on_the_same_port_exits_1(self):
+        # Each thread's listener has SO_REUSEPORT; a second tunnel must not join their group
+        # and take a share of the clients.
+        upstream = Listener(echo_handler)
+        self.addCleanup(upstream.close)
+        first = Tunnel("--listen", "127.0.0.1:0", "--to", "127.0.0.1:%d" % upstream.port,
+                       "--threads", "2")
+        self.addCleanup(first.stop)
+
+        second = run_binary("--listen", "127.0.0.1:%d" % first.port, "--to", "127.0.0.1:1",
+                            "--threads", "2")
+        echoes = []
+        for index in range(20):
+            with connect(first.port) as client:
+                echoes.append(exchange(client, b"client %d" % index))
+
+        self.assertEqual(second.returncode, 1, second.stderr)
+        self.assertEqual(len(second.stderr.splitlines()), 1, second.stderr)
+        self.assertIn("listen_failed", second.stderr)
+        self.assertEqual(echoes, [b"client %d" % index for index in range(20)])
+
+    def test_started_with_stdout_and_stderr_closed_logs_nowhere_and_still_relays(self):
+        upstream = Listener(echo_handler)
+        self.addCleanup(upstream.close)
+        port = free_port()
+        process = subprocess.Popen(
+            ["sh", "-c", 'exec "$@" >&- 2>&-', "sh", BINARY, "--listen", "127.0.0.1:%d" % port,
+             "--to", "127.0.0.1:%d" % upstream.port], stdin=subprocess.DEVNULL)
+        self.addCleanup(process.wait)
+        self.addCleanup(process.terminate)
+        client = None
+        deadline = time.monotonic() + 5.0
+        while client is None and time.monotonic() < deadline:
+            try:
+                client = connect(port)
+            except ConnectionRefusedError:
+                time.sleep(0.05)
+        self.assertIsNotNone(client, "the tunnel never listened")
+        self.addCleanup(client.close)
+
+        reply = exchange(client, b"hello")
+        targets = [os.readlink("/proc/%d/fd/%d" % (process.pid, fd)) for fd in (1, 2)]
+
+        self.assertEqual(reply, b"hello")
+        # Not the event loop's own descriptors, which would then receive the log lines.
+        self.assertEqual(targets, ["/dev/null", "/dev/null"])
 
     def test_help_lists_every_option_with_its_default(self):
         result = run_binary("--help")
@@ -286,7 +340,7 @@ class ShutdownTest(unittest.TestCase):
         return tunnel, client
 
     def test_signal_stops_accepting_at_once_while_the_open_connection_flows_to_its_end(self):
-        for number in (signal.SIGTERM, signal.SIGINT):
+        for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with self.subTest(signal=number.name):
                 tunnel, client = self._start("5s")
 
@@ -312,7 +366,7 @@ class ShutdownTest(unittest.TestCase):
                 self.assertIn("closed_by=client how=fin", stderr)
 
     def test_connection_left_open_is_closed_at_the_drain_timeout_and_the_exit_is_clean(self):
-        for number in (signal.SIGTERM, signal.SIGINT):
+        for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with self.subTest(signal=number.name):
                 tunnel, client = self._start("1s")
 

@@ -116,13 +116,13 @@ class FdExhaustionTest(unittest.TestCase):
         self._check_case(tunnel, *outcome)
 
     def test_accept_failing_with_emfile_backs_off_and_recovers(self):
-        tunnel = self._start("--max-connections", "1000")
-        free = FD_LIMIT - process_fd_count(tunnel.pid)
-        if free % 2:
-            # Two descriptors a connection: an even number free leaves none for the next
-            # accept once the last connection has its upstream socket.
-            subprocess.run(["prlimit", "--pid", str(tunnel.pid),
-                            "--nofile=%d:%d" % (FD_LIMIT - 1, FD_LIMIT)], check=True)
+        tunnel = self._start()
+        # The connection limit was derived from the limit at start; lowering the soft limit
+        # now leaves room for three connections, two descriptors each, and none for the next
+        # accept once the third has its upstream socket.
+        soft_limit = process_fd_count(tunnel.pid) + 6
+        subprocess.run(["prlimit", "--pid", str(tunnel.pid),
+                        "--nofile=%d:%d" % (soft_limit, FD_LIMIT)], check=True)
 
         outcome = self._run_case(tunnel)
 

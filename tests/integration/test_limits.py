@@ -9,7 +9,7 @@ import time
 import unittest
 
 from tunnel_harness import (Listener, Tunnel, echo_handler, free_port, log_fields,
-                            request_stats, run_binary, wait_for_lines)
+                            process_cpu_seconds, request_stats, run_binary, wait_for_lines)
 
 QUIET = 1.0  # how long a waiting client must see nothing to count as "not served"
 
@@ -126,6 +126,35 @@ class ConnectionLimitTest(unittest.TestCase):
             self.assertTrue(sees_nothing(client, 0.05))
         self.assertEqual(exchange(holder, b"again"), b"again")
 
+    def test_no_connection_limit_line_while_nobody_waits(self):
+        tunnel = Tunnel("--listen", "127.0.0.1:0", "--to", "127.0.0.1:%d" % self.upstream.port,
+                        "--max-connections", "2")
+        self.addCleanup(tunnel.stop)
+        for index in range(2):
+            client = self._client(tunnel.port)
+            self.assertEqual(exchange(client, b"held-%d" % index), b"held-%d" % index)
+
+        time.sleep(1.5)
+        lines_at_the_limit = tunnel.log_lines("connection_limit")
+        self._client(tunnel.port)
+        logged_once_one_waits = tunnel.wait_for_log(" connection_limit ", timeout=2.0)
+
+        self.assertEqual(lines_at_the_limit, [], "a line while no client was waiting")
+        self.assertTrue(logged_once_one_waits)
+        self.assertEqual(log_fields(tunnel.log_lines("connection_limit")[0])["count"], "1")
+
+    def test_limit_above_what_the_descriptors_allow_is_capped_with_one_line(self):
+        tunnel = Tunnel("--listen", "127.0.0.1:0", "--to", "127.0.0.1:%d" % self.upstream.port,
+                        "--max-connections", "100000000")
+        self.addCleanup(tunnel.stop)
+
+        self.assertTrue(tunnel.wait_for_log(" max_connections_capped ", timeout=2.0))
+        line = tunnel.log_lines("max_connections_capped")[0]
+        fields = log_fields(line)
+
+        self.assertEqual(fields["requested"], "100000000", line)
+        self.assertLess(int(fields["max_connections"]), int(fields["open_files_limit"]), line)
+
     def test_limit_holds_across_both_loopback_families(self):
         # localhost listens on 127.0.0.1 and ::1: two acceptors share one limit.
         tunnel = Tunnel("--listen", "localhost:0", "--to", "127.0.0.1:%d" % self.upstream.port,
@@ -144,6 +173,23 @@ class ConnectionLimitTest(unittest.TestCase):
         self.assertTrue(second_waited, "a client on ::1 was served beyond --max-connections 1 "
                         "(upstream accepted %d)" % self.upstream.accepted)
         self.assertEqual(second_reply, b"v6")
+
+    def test_two_listeners_waiting_at_the_limit_cost_no_cpu(self):
+        # localhost: one acceptor for 127.0.0.1 and one for ::1, both waiting for a free slot.
+        tunnel = Tunnel("--listen", "localhost:0", "--to", "127.0.0.1:%d" % self.upstream.port,
+                        "--max-connections", "1")
+        self.addCleanup(tunnel.stop)
+        holder = self._client(tunnel.port)
+        self.assertEqual(exchange(holder, b"holder"), b"holder")
+        self._client(tunnel.port).sendall(b"v4")
+        self._client(tunnel.port, host="::1", family=socket.AF_INET6).sendall(b"v6")
+        time.sleep(0.3)
+
+        cpu_before = process_cpu_seconds(tunnel.pid)
+        time.sleep(1.5)
+        cpu = process_cpu_seconds(tunnel.pid) - cpu_before
+
+        self.assertLess(cpu, 0.1, "%.2fs of CPU in 1.5s while two listeners wait" % cpu)
 
     def test_limit_holds_across_worker_threads(self):
         tunnel = Tunnel("--listen", "127.0.0.1:0", "--to", "127.0.0.1:%d" % self.upstream.port,
@@ -185,6 +231,12 @@ class SelfConnectTest(unittest.TestCase):
 
         self._assert_refused_with_one_line("--listen", "0.0.0.0:%d" % port,
                                            "--to", "127.0.0.1:%d" % port)
+
+    def test_to_in_its_ipv4_mapped_ipv6_form_exits_2(self):
+        port = free_port()
+
+        self._assert_refused_with_one_line("--listen", "127.0.0.1:%d" % port,
+                                           "--to", "[::ffff:127.0.0.1]:%d" % port)
 
     def test_port_is_free_again_after_the_refusal(self):
         port = free_port()

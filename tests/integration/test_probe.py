@@ -351,6 +351,22 @@ class ProbeTest(unittest.TestCase):
         self.assertEqual(result.returncode, 1)
         self.assertGreaterEqual(elapsed, 0.25)
 
+    def test_retry_delay_max_caps_the_first_pause_too(self):
+        with Listener(probe_servers.reset_handler) as server:
+            target = "127.0.0.1:%d" % server.port
+            started = time.monotonic()
+
+            result = probe("--to", target, *self.trusted("--retries", "2", "--retry-delay",
+                                                         "5s", "--retry-delay-max", "50ms"))
+            elapsed = time.monotonic() - started
+
+        reset = "probe %s reset %s (Connection reset by peer)" % (target, target)
+        self.assertEqual(result.stdout.splitlines(), [
+            reset + " (attempt 1 of 3, next in 50ms)",
+            reset + " (attempt 2 of 3, next in 50ms)",
+            reset + " (attempt 3 of 3)"])
+        self.assertLess(elapsed, 2.0)
+
     def test_json_format_carries_the_same_verdict_one_object_a_line(self):
         with probe_servers.TlsServer(self.good.cert, self.good.key) as server:
             target = "127.0.0.1:%d" % server.port

@@ -38,6 +38,16 @@ TEST_CASE("a tcp:// prefix and a trailing slash are accepted") {
     CHECK(parse_endpoint("tcp://[::1]:8080/") == endpoint_spec{"::1", 8080});
 }
 
+TEST_CASE("a scheme other than tcp:// is named as the problem") {
+    CHECK(error_of("http://127.0.0.1:80") == "only the tcp:// scheme is accepted");
+    CHECK(error_of("udp://[::1]:53") == "only the tcp:// scheme is accepted");
+}
+
+TEST_CASE("a host name longer than DNS allows is named as too long") {
+    CHECK(error_of(std::string(254, 'a') + ":1") == "host name longer than 253 characters");
+    CHECK(parse_endpoint(std::string(253, 'a') + ":1").host.size() == 253);
+}
+
 TEST_CASE("a bare port stands for the default host only where one is given") {
     CHECK(parse_endpoint("8080", "localhost") == endpoint_spec{"localhost", 8080});
     CHECK(error_of("8080") == "missing port");
