@@ -116,14 +116,14 @@ access_list parse_access_list(std::string_view text) {
     std::size_t start = 0;
     while (true) {
         const auto comma = text.find(',', start);
-        const auto item = trim_spaces(
-            text.substr(start, comma == std::string_view::npos ? comma : comma - start));
+        const auto item_end = comma == std::string_view::npos ? text.size() : comma;
+        const auto item = trim_spaces(text.substr(start, item_end - start));
         if (item.empty()) {
             throw parse_error("empty item in the address list");
         }
 
         const auto slash = item.find('/');
-        const auto address_text = item.substr(0, slash);
+        const auto address_text = item.substr(0, std::min(slash, item.size()));
         if (address_text.find('%') != std::string_view::npos) {
             throw parse_error("a network cannot carry a scope id");
         }
