@@ -14,7 +14,7 @@ namespace tcptunnel {
 // A set of networks a client address is matched against. An IPv4 client, or an IPv4-mapped IPv6
 // client (::ffff:a.b.c.d), matches the IPv4 networks; any other IPv6 client the IPv6 networks.
 class access_list {
-public:
+  public:
     // True when the list has no network, which allows every client.
     bool empty() const { return networks_.empty(); }
 
@@ -27,7 +27,7 @@ public:
     // The networks in canonical form, comma-separated: "10.0.0.0/8,::1/128"; empty when empty.
     std::string to_string() const;
 
-private:
+  private:
     friend access_list parse_access_list(std::string_view text);
 
     struct network {

@@ -19,7 +19,7 @@ struct endpoint_spec {
 
 // Thrown for input that does not parse; what() is a one-line reason without the input itself.
 class parse_error : public std::runtime_error {
-public:
+  public:
     using std::runtime_error::runtime_error;
 };
 

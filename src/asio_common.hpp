@@ -24,18 +24,18 @@ namespace tcptunnel {
 // and never after it is gone, even when the timer's completion was already queued at that
 // moment (so on_expiry may safely refer to locals of the scope).
 class scoped_deadline {
-public:
+  public:
     scoped_deadline(const asio::any_io_executor& executor, std::chrono::milliseconds timeout,
                     std::function<void()> on_expiry)
         : timer_(executor, timeout), state_(std::make_shared<state>()) {
-        timer_.async_wait([state = state_, on_expiry = std::move(on_expiry)](
-                              const std::error_code& error) {
-            if (!error && state->armed) {
-                state->armed = false;
-                state->expired = true;
-                on_expiry();
-            }
-        });
+        timer_.async_wait(
+            [state = state_, on_expiry = std::move(on_expiry)](const std::error_code& error) {
+                if (!error && state->armed) {
+                    state->armed = false;
+                    state->expired = true;
+                    on_expiry();
+                }
+            });
     }
     scoped_deadline(const scoped_deadline&) = delete;
     scoped_deadline& operator=(const scoped_deadline&) = delete;
@@ -50,7 +50,7 @@ public:
     // True when on_expiry ran.
     bool expired() const { return state_->expired; }
 
-private:
+  private:
     struct state {
         bool armed = true;
         bool expired = false;

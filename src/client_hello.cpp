@@ -22,7 +22,7 @@ constexpr std::size_t max_session_id_size = 32;
 // first failure sticks: later reads return zero and change nothing, so a parse step may read
 // several fields and check the state once.
 class cursor {
-public:
+  public:
     enum class state { good, short_input, overrun };
 
     cursor(std::span<const std::byte> bytes, std::size_t position, std::size_t end)
@@ -66,7 +66,7 @@ public:
         return cursor(bytes_, start, start + count);
     }
 
-private:
+  private:
     // True when count more bytes fit in the declared extent; otherwise records the overrun.
     bool claim(std::size_t count) {
         if (state_ != state::good) {

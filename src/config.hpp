@@ -52,7 +52,7 @@ struct command_line {
 // A command line that cannot be run as written; what() is the one-line message (without the
 // "tcptunnel: " prefix) saying what was wrong and what was expected. Exit status 2.
 class usage_error : public std::runtime_error {
-public:
+  public:
     using std::runtime_error::runtime_error;
 };
 

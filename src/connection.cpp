@@ -26,7 +26,7 @@ log_field milliseconds_field(std::string_view key, Duration duration) {
 
 // Keeps a connection on its worker's list for as long as it lives; releases its slot at the end.
 class registration {
-public:
+  public:
     registration(connection_context& context, connection_handle& handle)
         : context_(context), position_(context.live.insert(context.live.end(), &handle)) {}
     registration(const registration&) = delete;
@@ -39,7 +39,7 @@ public:
         }
     }
 
-private:
+  private:
     connection_context& context_;
     std::list<connection_handle*>::iterator position_;
 };
@@ -72,8 +72,7 @@ void log_upstream_failure(connection_context& context, std::uint64_t id, const s
 void log_refusal(connection_context& context, std::uint64_t id, const std::string& client,
                  const admission_result& result) {
     context.stats.denied.fetch_add(1, std::memory_order_relaxed);
-    const auto count =
-        context.refusal_logs[result.refusal].admit(std::chrono::steady_clock::now());
+    const auto count = context.refusal_logs[result.refusal].admit(std::chrono::steady_clock::now());
     if (count == 0) {
         return;
     }
@@ -152,8 +151,8 @@ asio::awaitable<void> serve_connection(tcp::socket downstream, connection_contex
         }
     }
 
-    auto upstream = co_await connect_upstream(context.config.upstream,
-                                              context.config.connect_timeout);
+    auto upstream =
+        co_await connect_upstream(context.config.upstream, context.config.connect_timeout);
     if (!upstream.ok()) {
         reset_client(downstream);
         log_upstream_failure(context, id, client, upstream);
@@ -175,9 +174,9 @@ asio::awaitable<void> serve_connection(tcp::socket downstream, connection_contex
                    milliseconds_field("connect_ms", upstream.connect_time)});
     }
 
-    relay connection_relay(downstream, upstream.socket, {context.buffers, context.pipes},
-                           {context.config.idle_timeout, context.config.half_close_timeout,
-                            context.config.splice});
+    relay connection_relay(
+        downstream, upstream.socket, {context.buffers, context.pipes},
+        {context.config.idle_timeout, context.config.half_close_timeout, context.config.splice});
     handle.active_relay = &connection_relay;
     co_await connection_relay.run();
     handle.active_relay = nullptr;

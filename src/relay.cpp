@@ -3,7 +3,6 @@
 #include <linux/sockios.h>
 #include <sys/ioctl.h>
 
-
 namespace tcptunnel {
 
 namespace {

@@ -39,9 +39,8 @@ struct relay_direction {
 // other while the other direction keeps flowing; a reset or error on one side becomes a reset on
 // the other, after the bytes already relayed to it have left the tunnel.
 class relay {
-public:
-    relay(tcp::socket& downstream, tcp::socket& upstream, relay_pools pools,
-          relay_options options);
+  public:
+    relay(tcp::socket& downstream, tcp::socket& upstream, relay_pools pools, relay_options options);
     relay(const relay&) = delete;
     relay& operator=(const relay&) = delete;
 
@@ -59,7 +58,7 @@ public:
     const std::string& closed_by() const { return closed_by_; }
     const std::string& how() const { return how_; }
 
-private:
+  private:
     // What a burst of transfers ended with: the source ran dry (wait for more) or the
     // direction is over (FIN passed on, reset, error, abort).
     enum class burst_end { drained, finished };

@@ -11,7 +11,7 @@ namespace tcptunnel {
 // A pipe used as the kernel-side buffer between two sockets. It tracks how many bytes it holds;
 // only an empty pipe goes back to the pool.
 class splice_pipe {
-public:
+  public:
     splice_pipe(int read_fd, int write_fd, std::size_t capacity)
         : read_fd_(read_fd), write_fd_(write_fd), capacity_(capacity) {}
     splice_pipe(const splice_pipe&) = delete;
@@ -29,7 +29,7 @@ public:
     std::size_t held() const { return held_; }
     std::size_t capacity() const { return capacity_; }
 
-private:
+  private:
     int read_fd_;
     int write_fd_;
     std::size_t capacity_;
@@ -39,7 +39,7 @@ private:
 // A worker's spare pipes. Pipe pages are kernel memory charged to the container, so a pump holds
 // a pipe only while bytes flow, and at most max_spare idle pipes are kept.
 class pipe_pool {
-public:
+  public:
     static constexpr std::size_t max_spare = 16;
 
     // An empty pipe, or nullptr with `error` set (e.g. EMFILE).
@@ -51,7 +51,7 @@ public:
     // The size asked for with F_SETPIPE_SZ; larger pipes mean fewer calls per GiB.
     static constexpr std::size_t preferred_capacity = 256 * 1024;
 
-private:
+  private:
     std::vector<std::unique_ptr<splice_pipe>> spare_;
 };
 

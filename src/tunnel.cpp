@@ -91,9 +91,8 @@ std::vector<tcp::endpoint> resolve_upstream_now(const endpoint_spec& upstream) {
     asio::io_context io;
     tcp::resolver resolver(io);
     std::error_code error;
-    const auto entries =
-        resolver.resolve(upstream.host, std::to_string(upstream.port),
-                         tcp::resolver::numeric_service, error);
+    const auto entries = resolver.resolve(upstream.host, std::to_string(upstream.port),
+                                          tcp::resolver::numeric_service, error);
     std::vector<tcp::endpoint> endpoints;
     for (const auto& entry : entries) {
         endpoints.push_back(entry.endpoint());
@@ -135,9 +134,9 @@ bool dials_itself(const tcp::endpoint& upstream, const std::vector<tcp::endpoint
     if (address.is_v6() && address.to_v6().is_v4_mapped()) {
         address = asio::ip::make_address_v4(asio::ip::v4_mapped, address.to_v6());
     }
-    const bool is_local = address.is_loopback() ||
-                          std::find(local_addresses.begin(), local_addresses.end(), address) !=
-                              local_addresses.end();
+    const bool is_local =
+        address.is_loopback() ||
+        std::find(local_addresses.begin(), local_addresses.end(), address) != local_addresses.end();
     for (const auto& listener : listeners) {
         if (listener.port() != upstream.port()) {
             continue;
@@ -205,10 +204,10 @@ int run_tunnel(const tunnel_config& given_config) {
                     // localhost without IPv6 (a container with IPv6 disabled) carries on with IPv4.
                     const bool optional_family =
                         spec.endpoint.host == "localhost" && address.is_v6() && any_bound;
-                    log_event(optional_family ? log_level::warn : log_level::error,
-                              optional_family ? "listen_skipped" : "listen_failed",
-                              {{"address", endpoint_text({address, port})},
-                               {"error", error.message()}});
+                    log_event(
+                        optional_family ? log_level::warn : log_level::error,
+                        optional_family ? "listen_skipped" : "listen_failed",
+                        {{"address", endpoint_text({address, port})}, {"error", error.message()}});
                     if (!optional_family) {
                         return 1;
                     }
@@ -244,8 +243,9 @@ int run_tunnel(const tunnel_config& given_config) {
             if (!listener.address().is_loopback()) {
                 log_event(log_level::warn, "open_relay",
                           {{"address", endpoint_text(listener)},
-                           {"detail", "every host that reaches this address can use the tunnel; "
-                                      "restrict it with --allow-from"}});
+                           {"detail",
+                            "every host that reaches this address can use the tunnel; "
+                            "restrict it with --allow-from"}});
             }
         }
     }
@@ -303,8 +303,8 @@ int run_tunnel(const tunnel_config& given_config) {
         draining = true;
         log_event(log_level::info, "draining",
                   {{"signal", signal_number == SIGTERM  ? "SIGTERM"
-                             : signal_number == SIGHUP ? "SIGHUP"
-                                                       : "SIGINT"},
+                              : signal_number == SIGHUP ? "SIGHUP"
+                                                        : "SIGINT"},
                    {"open", stats.active.load()},
                    {"drain_timeout_ms", static_cast<std::uint64_t>(config.drain_timeout.count())}});
         for (auto& each : workers) {

@@ -55,8 +55,8 @@ std::string failure_detail(const connect_race& race) {
         }
         detail += diagnosis_word(race.errors[i]);
         detail += ' ';
-        detail += format_endpoint(race.endpoints[i].address().to_string(),
-                                  race.endpoints[i].port());
+        detail +=
+            format_endpoint(race.endpoints[i].address().to_string(), race.endpoints[i].port());
         detail += " (" + race.errors[i].message() + ")";
     }
     return detail;
@@ -104,14 +104,14 @@ asio::awaitable<upstream_result> connect_upstream(const endpoint_spec& upstream,
         race->endpoints.emplace_back(literal, upstream.port);
     } else {
         tcp::resolver resolver(executor);
-        auto [error, entries] = co_await resolver.async_resolve(
-            upstream.host, std::to_string(upstream.port), tcp::resolver::numeric_service,
-            use_nothrow);
+        auto [error, entries] =
+            co_await resolver.async_resolve(upstream.host, std::to_string(upstream.port),
+                                            tcp::resolver::numeric_service, use_nothrow);
         if (error || entries.empty()) {
             result.word = diagnosis_word(error ? error : asio::error::host_not_found);
-            result.detail = result.word + " " + upstream.host + ": " +
-                            (result.word == "dns-temporary" ? "temporary resolver failure"
-                                                            : "no such host");
+            result.detail =
+                result.word + " " + upstream.host + ": " +
+                (result.word == "dns-temporary" ? "temporary resolver failure" : "no such host");
             co_return result;
         }
         for (const auto& entry : entries) {

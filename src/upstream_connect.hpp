@@ -13,9 +13,9 @@ namespace tcptunnel {
 // How an upstream connection turned out: the connected socket, or a diagnosis.
 struct upstream_result {
     tcp::socket socket;
-    tcp::endpoint endpoint;                 // the address used (on success)
-    std::string word;                       // "ok", "refused", "timeout", "dns-nxdomain", ...
-    std::string detail;                     // e.g. "127.0.0.1:9 connection refused"
+    tcp::endpoint endpoint;  // the address used (on success)
+    std::string word;        // "ok", "refused", "timeout", "dns-nxdomain", ...
+    std::string detail;      // e.g. "127.0.0.1:9 connection refused"
     std::chrono::steady_clock::duration connect_time{};
 
     bool ok() const { return word == "ok"; }

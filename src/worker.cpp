@@ -36,8 +36,7 @@ worker::~worker() {
     io_.reset();
 }
 
-std::uint16_t worker::bind(const tcp::endpoint& endpoint, bool reuse_port,
-                           std::error_code& error) {
+std::uint16_t worker::bind(const tcp::endpoint& endpoint, bool reuse_port, std::error_code& error) {
     tcp::acceptor acceptor(*io_);
     acceptor.open(endpoint.protocol(), error);
     if (error) {
@@ -237,8 +236,7 @@ asio::awaitable<void> worker::accept_loop(tcp::acceptor& acceptor) {
 
             context_.stats.accepted.fetch_add(1, std::memory_order_relaxed);
             const auto id = next_id_.fetch_add(1, std::memory_order_relaxed);
-            asio::co_spawn(*io_, serve_connection(std::move(socket), context_, id),
-                           asio::detached);
+            asio::co_spawn(*io_, serve_connection(std::move(socket), context_, id), asio::detached);
         }
     }
 }

@@ -19,7 +19,7 @@ namespace tcptunnel {
 // counters in tunnel_stats are shared, as relaxed atomics. Calls other than the constructor and
 // bind() must be made on the worker's own thread (post them to io()).
 class worker {
-public:
+  public:
     worker(const tunnel_config& config, tunnel_stats& stats, std::atomic<std::uint64_t>& next_id);
     worker(const worker&) = delete;
     worker& operator=(const worker&) = delete;
@@ -54,7 +54,7 @@ public:
     // Called by the worker's connections as each ends.
     void on_connection_end();
 
-private:
+  private:
     asio::awaitable<void> accept_loop(tcp::acceptor& acceptor);
     // A slot is one unit of stats.active, shared by every worker: claimed here before a client
     // is accepted and handed to serve_connection, which releases it when the connection ends.

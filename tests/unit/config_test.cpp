@@ -45,11 +45,11 @@ TEST_CASE("no arguments give the container's defaults") {
 }
 
 TEST_CASE("options set listeners, upstream, timeouts and logging") {
-    const auto config = parse({"--listen", "0.0.0.0:1", "--listen", "[::]:2", "--listen", "3",
-                               "--to", "tcp://[::1]:4", "--connect-timeout", "500ms",
-                               "--drain-timeout", "0", "--log-format", "json", "--log-level",
-                               "debug"})
-                            .config;
+    const auto config =
+        parse({"--listen", "0.0.0.0:1", "--listen", "[::]:2", "--listen", "3", "--to",
+               "tcp://[::1]:4", "--connect-timeout", "500ms", "--drain-timeout", "0",
+               "--log-format", "json", "--log-level", "debug"})
+            .config;
 
     REQUIRE(config.listen.size() == 3);
     CHECK(config.listen[0].display == "0.0.0.0:1");

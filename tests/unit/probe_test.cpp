@@ -58,10 +58,10 @@ TEST_CASE("no arguments probe the tunnel's default upstream over plain TCP") {
 
 TEST_CASE("every option is read") {
     const auto options =
-        parse({"--to", "[::1]:8443", "--tls", "--ca-cert", "/tmp/proxy-tls/ca.crt",
-               "--server-name", "proxy.example", "--http-get", "/api/v3/rate_limit", "--timeout",
-               "500ms", "--retries", "3", "--retry-delay", "250ms", "--retry-delay-max", "2s",
-               "--format", "json"})
+        parse({"--to", "[::1]:8443", "--tls", "--ca-cert", "/tmp/proxy-tls/ca.crt", "--server-name",
+               "proxy.example", "--http-get", "/api/v3/rate_limit", "--timeout", "500ms",
+               "--retries", "3", "--retry-delay", "250ms", "--retry-delay-max", "2s", "--format",
+               "json"})
             .options;
 
     CHECK(options.target.host == "::1");
@@ -98,8 +98,7 @@ TEST_CASE("usage errors name the option and what was expected") {
     CHECK(error_of({"--tls", "--http-get", "api"}) ==
           "--http-get \"api\": expected a path starting with / and without spaces");
     CHECK(error_of({"--tls", "--server-name", "a b"}).rfind("--server-name \"a b\": ", 0) == 0);
-    CHECK(error_of({"--format", "xml"}).find("(see tcptunnel probe --help)") !=
-          std::string::npos);
+    CHECK(error_of({"--format", "xml"}).find("(see tcptunnel probe --help)") != std::string::npos);
     CHECK(error_of({"--verbose"}) == "unknown option --verbose (see tcptunnel probe --help)");
     CHECK(error_of({"extra"}) == "unexpected argument extra (see tcptunnel probe --help)");
 }
@@ -123,10 +122,8 @@ TEST_CASE("a TLS record starts with a content type from 20 to 24 and major versi
 }
 
 TEST_CASE("time left is written coarsely in its two largest units") {
-    CHECK(tcptunnel::format_time_left(std::chrono::seconds(2 * 86400 + 3 * 3600 + 59)) ==
-          "2d 3h");
-    CHECK(tcptunnel::format_time_left(std::chrono::seconds(23 * 3600 + 59 * 60 + 30)) ==
-          "23h 59m");
+    CHECK(tcptunnel::format_time_left(std::chrono::seconds(2 * 86400 + 3 * 3600 + 59)) == "2d 3h");
+    CHECK(tcptunnel::format_time_left(std::chrono::seconds(23 * 3600 + 59 * 60 + 30)) == "23h 59m");
     CHECK(tcptunnel::format_time_left(std::chrono::seconds(4 * 60 + 10)) == "4m");
     CHECK(tcptunnel::format_time_left(std::chrono::seconds(12)) == "12s");
     CHECK(tcptunnel::format_time_left(std::chrono::seconds(-5)) == "0s");
