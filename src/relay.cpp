@@ -1,6 +1,8 @@
 #include "relay.hpp"
 
 #include <linux/sockios.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/ioctl.h>
 
 namespace tcptunnel {
@@ -26,6 +28,15 @@ std::string describe(const std::error_code& error) {
         return "timeout";
     }
     return "error: " + error.message();
+}
+
+bool is_closed(tcp::socket& socket) {
+    tcp_info info{};
+    socklen_t length = sizeof info;
+    if (::getsockopt(socket.native_handle(), IPPROTO_TCP, TCP_INFO, &info, &length) != 0) {
+        return false;
+    }
+    return info.tcpi_state == TCP_CLOSE;
 }
 
 // Bytes the kernel still holds for this socket: not yet sent, or sent and not yet acknowledged.
@@ -133,6 +144,9 @@ asio::awaitable<relay::burst_end> relay::copy_burst(relay_direction& direction) 
             co_return burst_end::drained;
         }
         if (read_error == asio::error::eof) {
+            if (source_was_reset(direction)) {
+                co_return co_await pass_on_failure(direction, true, asio::error::connection_reset);
+            }
             co_return pass_on_fin(direction);
         }
         if (read_error) {
@@ -203,6 +217,9 @@ asio::awaitable<relay::burst_end> relay::splice_burst(relay_direction& direction
 
         if (source_eof) {
             pool.give_back(std::move(pipe));
+            if (source_was_reset(direction)) {
+                co_return co_await pass_on_failure(direction, true, asio::error::connection_reset);
+            }
             co_return pass_on_fin(direction);
         }
         if (source_failed) {
@@ -219,8 +236,19 @@ asio::awaitable<relay::burst_end> relay::splice_burst(relay_direction& direction
     }
 }
 
+// A reset sets a socket error that the first call to see it clears: when the other pump's write
+// took it, this pump's read finds only an end of stream. The connection's state tells the two
+// apart: after the peer's FIN it is CLOSE_WAIT, after a reset closed. (After FINs both ways the
+// socket reads as closed too, so that case is left out.)
+bool relay::source_was_reset(relay_direction& direction) {
+    const auto& other = &direction == &client_to_upstream_ ? upstream_to_client_
+                                                           : client_to_upstream_;
+    return !other.fin_passed && is_closed(direction.from);
+}
+
 relay::burst_end relay::pass_on_fin(relay_direction& direction) {
     note_end(direction.source_name, "fin");
+    direction.fin_passed = true;
     std::error_code ignored;
     direction.to.shutdown(tcp::socket::shutdown_send, ignored);
     return burst_end::finished;

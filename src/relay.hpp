@@ -33,6 +33,7 @@ struct relay_direction {
     bool use_splice = false;  // decided per direction; auto switches on after a bulk read
     std::uint64_t bytes = 0;
     bool done = false;
+    bool fin_passed = false;  // shutdown(SHUT_WR) was called on `to`
 };
 
 // Relays until both directions have ended. A FIN from one side becomes shutdown(SHUT_WR) on the
@@ -68,6 +69,7 @@ class relay {
     asio::awaitable<burst_end> copy_burst(relay_direction& direction);
     asio::awaitable<burst_end> splice_burst(relay_direction& direction);
     burst_end pass_on_fin(relay_direction& direction);
+    bool source_was_reset(relay_direction& direction);
     asio::awaitable<burst_end> pass_on_failure(relay_direction& direction, bool source_failed,
                                                const std::error_code& error);
     asio::awaitable<void> reset_through(tcp::socket& dead, tcp::socket& survivor);

@@ -238,6 +238,9 @@ class ResetTest(unittest.TestCase):
         self.assertTrue(got_bytes.wait(5.0))
         abort(client)
         wait_for_lines(tunnel, "close", 1)
+        deadline = time.monotonic() + 5
+        while "end" not in outcome and time.monotonic() < deadline:
+            time.sleep(0.01)
 
         self.assertEqual(outcome.get("end"), "ConnectionResetError")
         fields = close_line_for(tunnel, client_port)
@@ -271,7 +274,10 @@ class ResetTest(unittest.TestCase):
         while "end" not in outcome and time.monotonic() < deadline:
             time.sleep(0.01)
 
-        self.assertEqual(outcome.get("end"), "ConnectionResetError")
+        # A sender learns of the reset from its next send: ECONNRESET, or EPIPE when the reset
+        # arrived between two sends; which one is a matter of timing. The idle-upstream test
+        # above checks the reset itself.
+        self.assertIn(outcome.get("end"), ("ConnectionResetError", "BrokenPipeError"))
         fields = close_line_for(tunnel, client_port)
         self.assertEqual((fields.get("closed_by"), fields.get("how")), ("client", "rst"), fields)
 

@@ -15,11 +15,24 @@ BINARY = os.environ.get("TCPTUNNEL_BIN", os.path.join(os.getcwd(), "build", "tcp
 READY_PATTERN = re.compile(r"Forwarding (\S+) \u2192 (\S+)")
 
 
+def with_variant_options(args):
+    """args plus the options in TCPTUNNEL_TEST_OPTIONS ("--splice always", "--threads 2"), with
+    which ctest runs some test files a second time; an option the test gives itself wins, and the
+    positional form (which takes no options) is left alone."""
+    extra = os.environ.get("TCPTUNNEL_TEST_OPTIONS", "").split()
+    if not extra or not args or not args[0].startswith("--"):
+        return args
+    for option, value in zip(extra[0::2], extra[1::2]):
+        if option not in args:
+            args = [*args, option, value]
+    return args
+
+
 class Tunnel:
     """One tcptunnel process. Use as a context manager; stop() returns (exit status, stderr)."""
 
-    def __init__(self, *args, env=None, ready_timeout=5.0, expect_ready=True):
-        self.args = [BINARY, *map(str, args)]
+    def __init__(self, *args, env=None, ready_timeout=5.0, expect_ready=True, prefix=()):
+        self.args = [*map(str, prefix), BINARY, *with_variant_options([str(a) for a in args])]
         full_env = dict(os.environ)
         full_env.update(env or {})
         self.process = subprocess.Popen(
@@ -191,19 +204,8 @@ class CommandTunnel(Tunnel):
     ip netns exec, sh -c '... exec "$@"'), so that .pid is still the tunnel's own process."""
 
     def __init__(self, prefix, *args, env=None, ready_timeout=5.0, expect_ready=True):
-        # Same start-up as Tunnel.__init__, with the prefix in front of the binary.
-        self.args = [*map(str, prefix), BINARY, *map(str, args)]
-        full_env = dict(os.environ)
-        full_env.update(env or {})
-        self.process = subprocess.Popen(
-            self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env,
-            text=True, encoding="utf-8", errors="replace")
-        self.ready_lines = []
-        self._stderr_chunks = []
-        self._stderr_thread = threading.Thread(target=self._drain_stderr, daemon=True)
-        self._stderr_thread.start()
-        if expect_ready:
-            self._wait_ready(ready_timeout)
+        super().__init__(*args, env=env, ready_timeout=ready_timeout, expect_ready=expect_ready,
+                         prefix=prefix)
 
 
 def private_resolver_prefix(directory, hosts_text):
