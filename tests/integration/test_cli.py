@@ -12,36 +12,13 @@ import subprocess
 import time
 import unittest
 
-from tunnel_harness import (BINARY, Listener, Tunnel, echo_handler, free_port, log_fields,
-                            run_binary, wait_for_lines)
+from tunnel_harness import (BINARY, Listener, Tunnel, connect, echo_handler, exchange, free_port,
+                            log_fields, run_binary, wait_for_lines)
 
 LEGACY_USAGE = ("(usage: tcptunnel LOCAL_PORT REMOTE_HOST REMOTE_PORT [BIND_HOST], "
                 "or tcptunnel --help)")
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
                    "all_proxy")
-
-
-def connect(port, host="127.0.0.1", timeout=5.0):
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    client = socket.socket(family, socket.SOCK_STREAM)
-    client.settimeout(timeout)
-    try:
-        client.connect((host, port))
-    except OSError:
-        client.close()
-        raise
-    return client
-
-
-def exchange(client, payload):
-    client.sendall(payload)
-    received = b""
-    while len(received) < len(payload):
-        data = client.recv(65536)
-        if not data:
-            break
-        received += data
-    return received
 
 
 def refuses(port, host="127.0.0.1"):

@@ -8,30 +8,11 @@ import socket
 import time
 import unittest
 
-from tunnel_harness import (Listener, Tunnel, echo_handler, free_port, log_fields,
-                            process_cpu_seconds, request_stats, run_binary, wait_for_lines)
+from tunnel_harness import (Listener, Tunnel, connect, echo_handler, exchange, free_port,
+                            log_fields, process_cpu_seconds, request_stats, run_binary,
+                            wait_for_lines)
 
 QUIET = 1.0  # how long a waiting client must see nothing to count as "not served"
-
-
-def connect(port, host="127.0.0.1", family=socket.AF_INET, timeout=5.0):
-    client = socket.socket(family, socket.SOCK_STREAM)
-    client.settimeout(timeout)
-    client.connect((host, port))
-    return client
-
-
-def exchange(client, payload, timeout=5.0):
-    """Sends payload and reads back as many bytes (the upstream echoes)."""
-    client.settimeout(timeout)
-    client.sendall(payload)
-    received = b""
-    while len(received) < len(payload):
-        data = client.recv(65536)
-        if not data:
-            break
-        received += data
-    return received
 
 
 def sees_nothing(client, seconds):

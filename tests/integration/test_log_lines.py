@@ -10,30 +10,12 @@ import socket
 import time
 import unittest
 
-from tunnel_harness import Listener, Tunnel, log_fields, recv_all, wait_for_lines
+from tunnel_harness import (Listener, Tunnel, connect, log_fields, read_exactly, recv_all,
+                            wait_for_lines)
 
 SUMMARY_KEYS = ["id", "client", "upstream", "connect_ms", "duration_ms", "from_client",
                 "from_upstream", "closed_by", "how"]
 TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (error|warn|info|debug) [a-z_]+")
-
-
-def connect(port, host="127.0.0.1", timeout=5.0):
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    client = socket.socket(family, socket.SOCK_STREAM)
-    client.settimeout(timeout)
-    client.connect((host, port))
-    return client
-
-
-def read_exactly(conn, count, timeout=10.0):
-    conn.settimeout(timeout)
-    received = b""
-    while len(received) < count:
-        data = conn.recv(min(65536, count - len(received)))
-        if not data:
-            break
-        received += data
-    return received
 
 
 class SummaryLineTest(unittest.TestCase):

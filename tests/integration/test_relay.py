@@ -13,29 +13,11 @@ import threading
 import time
 import unittest
 
-from tunnel_harness import (CommandTunnel, Listener, NetNamespace, Tunnel, echo_handler,
-                            free_port, log_fields, recv_all, request_stats, wait_for_lines)
+from tunnel_harness import (CommandTunnel, Listener, NetNamespace, Tunnel, connect, echo_handler,
+                            free_port, log_fields, read_exactly, recv_all, request_stats,
+                            wait_for_lines)
 
 CLIENTS = 200
-
-
-def connect(port, host="127.0.0.1", timeout=5.0):
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    client = socket.socket(family, socket.SOCK_STREAM)
-    client.settimeout(timeout)
-    client.connect((host, port))
-    return client
-
-
-def read_exactly(conn, count, timeout=10.0):
-    conn.settimeout(timeout)
-    received = b""
-    while len(received) < count:
-        data = conn.recv(min(65536, count - len(received)))
-        if not data:
-            break
-        received += data
-    return received
 
 
 def abort(conn):

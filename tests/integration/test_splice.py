@@ -12,8 +12,8 @@ import threading
 import time
 import unittest
 
-from tunnel_harness import (Listener, Tunnel, echo_handler, log_fields, process_cpu_seconds,
-                            process_rss_kib, wait_for_lines)
+from tunnel_harness import (Listener, Tunnel, echo_handler, exchange, log_fields,
+                            process_cpu_seconds, process_rss_kib, wait_for_lines)
 
 MIB = 1024 * 1024
 
@@ -22,17 +22,6 @@ def connect(port, timeout=10.0):
     client = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     client.settimeout(timeout)
     return client
-
-
-def exchange(client, payload):
-    client.sendall(payload)
-    received = b""
-    while len(received) < len(payload):
-        data = client.recv(65536)
-        if not data:
-            break
-        received += data
-    return received
 
 
 def read_exactly(client, count, timeout=10.0):

@@ -24,30 +24,14 @@ import termios
 import time
 import unittest
 
-from tunnel_harness import (CommandTunnel, Listener, NetNamespace, Tunnel, echo_handler,
-                            log_fields, private_resolver_prefix, request_stats, wait_for_lines)
+from tunnel_harness import (CommandTunnel, Listener, NetNamespace, Tunnel, connect, echo_handler,
+                            exchange, log_fields, private_resolver_prefix, request_stats,
+                            wait_for_lines)
 
 # "Within about 300 ms" for a black-holed first address (the next starts after <= 250 ms), with
 # room for a loaded machine; "at once" for a first address that fails at once.
 HANG_BOUND = 0.4
 AT_ONCE_BOUND = 0.15
-
-
-def connect(port, host="127.0.0.1", timeout=5.0):
-    client = socket.create_connection((host, port), timeout=timeout)
-    client.settimeout(timeout)
-    return client
-
-
-def exchange(client, payload):
-    client.sendall(payload)
-    received = b""
-    while len(received) < len(payload):
-        data = client.recv(65536)
-        if not data:
-            break
-        received += data
-    return received
 
 
 def read_until_end(client, timeout=10.0):

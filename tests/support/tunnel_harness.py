@@ -184,6 +184,46 @@ def echo_handler(conn):
     conn.shutdown(socket.SHUT_WR)
 
 
+def connect(port, host="127.0.0.1", timeout=5.0, family=None):
+    """A client connected to host:port; IPv6 when the host has a colon."""
+    if family is None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    client = socket.socket(family, socket.SOCK_STREAM)
+    client.settimeout(timeout)
+    try:
+        client.connect((host, port))
+    except OSError:
+        client.close()
+        raise
+    return client
+
+
+def exchange(client, payload, timeout=None):
+    """Sends payload and reads back as many bytes (the upstream echoes); fewer at an early EOF."""
+    if timeout is not None:
+        client.settimeout(timeout)
+    client.sendall(payload)
+    received = b""
+    while len(received) < len(payload):
+        data = client.recv(65536)
+        if not data:
+            break
+        received += data
+    return received
+
+
+def read_exactly(conn, count, timeout=10.0):
+    """Reads `count` bytes, or fewer at an early EOF."""
+    conn.settimeout(timeout)
+    received = b""
+    while len(received) < count:
+        data = conn.recv(min(65536, count - len(received)))
+        if not data:
+            break
+        received += data
+    return received
+
+
 def recv_all(conn, timeout=10.0):
     """Reads until EOF; returns the bytes. Raises ConnectionResetError on a reset."""
     conn.settimeout(timeout)
