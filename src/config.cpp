@@ -103,6 +103,29 @@ command_line parse_legacy_form(int argc, const char* const* argv) {
 
 }  // namespace
 
+std::optional<std::string> parse_or_explain(CLI::App& app, int argc, const char* const* argv,
+                                            const std::string& help_command) {
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::CallForHelp&) {
+        return app.help();
+    } catch (const CLI::CallForVersion&) {
+        return version_text() + "\n";
+    } catch (const CLI::ExtrasError&) {
+        // CLI11's own text spans several words and lines; name the first stray argument.
+        const auto extras = app.remaining();
+        const auto first = extras.empty() ? std::string("argument") : extras.front();
+        const bool is_option = !first.empty() && first.front() == '-';
+        throw usage_error((is_option ? "unknown option " : "unexpected argument ") +
+                          escape_for_log(first, 80) + " (see " + help_command + ")");
+    } catch (const CLI::ParseError& error) {
+        std::string message = error.what();
+        std::replace(message.begin(), message.end(), '\n', ' ');
+        throw usage_error(message + " (see " + help_command + ")");
+    }
+    return std::nullopt;
+}
+
 std::string version_text() {
     std::string text = "tcptunnel ";
     text += build_info::version;
@@ -212,26 +235,10 @@ command_line parse_command_line(int argc, const char* const* argv) {
         ->check(CLI::IsMember({"text", "json"}))
         ->envname("TCPTUNNEL_LOG_FORMAT");
 
-    try {
-        app.parse(argc, argv);
-    } catch (const CLI::CallForHelp&) {
+    if (auto text = parse_or_explain(app, argc, argv, "tcptunnel --help")) {
         result.what = command_line::action::print_and_exit;
-        result.output = app.help();
+        result.output = std::move(*text);
         return result;
-    } catch (const CLI::CallForVersion&) {
-        result.what = command_line::action::print_and_exit;
-        result.output = version_text() + "\n";
-        return result;
-    } catch (const CLI::ExtrasError&) {
-        // CLI11's own text spans several words and lines; name the first stray argument.
-        const auto extras = app.remaining();
-        const auto first = extras.empty() ? std::string("argument") : extras.front();
-        throw usage_error("unknown option " + escape_for_log(first, 80) +
-                          " (see tcptunnel --help)");
-    } catch (const CLI::ParseError& error) {
-        std::string message = error.what();
-        std::replace(message.begin(), message.end(), '\n', ' ');
-        throw usage_error(message + " (see tcptunnel --help)");
     }
 
     if (listen_texts.empty()) {

@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -10,6 +11,10 @@
 #include "address.hpp"
 #include "admission.hpp"
 #include "log.hpp"
+
+namespace CLI {
+class App;
+}
 
 namespace tcptunnel {
 
@@ -60,6 +65,11 @@ class usage_error : public std::runtime_error {
 // "LOCAL_PORT REMOTE_HOST REMOTE_PORT [BIND_HOST]". Environment variables named
 // TCPTUNNEL_<OPTION> supply options not given as flags. Throws usage_error.
 command_line parse_command_line(int argc, const char* const* argv);
+
+// Parses argv with `app`: returns the text to print for --help or --version, or nothing once the
+// options are read. A mistake becomes a one-line usage_error that points at `help_command`.
+std::optional<std::string> parse_or_explain(CLI::App& app, int argc, const char* const* argv,
+                                            const std::string& help_command);
 
 // The --version text: program, Asio and OpenSSL versions, and how the binary was linked.
 std::string version_text();

@@ -90,26 +90,10 @@ probe_command_line parse_probe_command_line(int argc, const char* const* argv) {
         ->check(CLI::IsMember({"text", "json"}))
         ->envname("TCPTUNNEL_PROBE_FORMAT");
 
-    try {
-        app.parse(argc, argv);
-    } catch (const CLI::CallForHelp&) {
+    if (auto text = parse_or_explain(app, argc, argv, "tcptunnel probe --help")) {
         result.what = probe_command_line::action::print_and_exit;
-        result.output = app.help();
+        result.output = std::move(*text);
         return result;
-    } catch (const CLI::CallForVersion&) {
-        result.what = probe_command_line::action::print_and_exit;
-        result.output = version_text() + "\n";
-        return result;
-    } catch (const CLI::ExtrasError&) {
-        const auto extras = app.remaining();
-        const auto first = extras.empty() ? std::string("argument") : extras.front();
-        const bool is_option = !first.empty() && first.front() == '-';
-        throw usage_error((is_option ? "unknown option " : "unexpected argument ") +
-                          escape_for_log(first, 80) + " (see tcptunnel probe --help)");
-    } catch (const CLI::ParseError& error) {
-        std::string message = error.what();
-        std::replace(message.begin(), message.end(), '\n', ' ');
-        throw usage_error(message + " (see tcptunnel probe --help)");
     }
 
     try {
