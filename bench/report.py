@@ -155,7 +155,7 @@ TARGETS = [
 def targets(variants):
     """Each target against each tcptunnel row as shipped (the default options)."""
     out = {}
-    for name in ("tcptunnel", "tcptunnel-io-uring"):
+    for name in ("tcptunnel", "tcptunnel-static", "tcptunnel-io-uring"):
         figures = variants.get(name, {}).get("figures")
         if not figures:
             continue

@@ -217,6 +217,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--build-dir", default="build/bench")
     parser.add_argument("--io-uring-build-dir")
+    parser.add_argument("--static-build-dir")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, shorter runs")
     parser.add_argument("--reps", type=int, help="repetitions (at least 1)")
     parser.add_argument("--variants", help="comma-separated keys; 'list' shows them")
@@ -238,7 +239,9 @@ def main():
     tcptunnel = os.path.abspath(os.path.join(args.build_dir, "tcptunnel"))
     uring = (os.path.abspath(os.path.join(args.io_uring_build_dir, "tcptunnel"))
              if args.io_uring_build_dir else None)
-    rows, missing = variant_catalogue.discover(tcptunnel, uring)
+    static = (os.path.abspath(os.path.join(args.static_build_dir, "tcptunnel"))
+              if args.static_build_dir else None)
+    rows, missing = variant_catalogue.discover(tcptunnel, uring, static)
     if args.variants == "list":
         for row in rows:
             print("%-28s %s%s" % (row.key, row.label, "" if row.default else "  (opt-in)"))

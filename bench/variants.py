@@ -98,11 +98,14 @@ def _node(binary):
     return Variant("node", "Node.js baseline", argv, "node " + _first_line([binary, "--version"]))
 
 
-def discover(tcptunnel, tcptunnel_io_uring=None):
+def discover(tcptunnel, tcptunnel_io_uring=None, tcptunnel_static=None):
     """Every variant whose program is present, in table order; the missing ones as (key, why)."""
     rows = [Variant("direct", "direct (no tunnel)")]
     missing = []
     rows += _tcptunnel_variants(tcptunnel, "", "")
+    if tcptunnel_static:
+        rows += [row for row in _tcptunnel_variants(tcptunnel_static, "-static", " static")
+                 if row.key == "tcptunnel-static"]
     if tcptunnel_io_uring:
         rows += [row for row in _tcptunnel_variants(tcptunnel_io_uring, "-io-uring", " io_uring")
                  if row.key == "tcptunnel-io-uring"]
