@@ -230,22 +230,6 @@ std::optional<probe_outcome> verification_failure(const session_state& state) {
     return std::nullopt;
 }
 
-// Parses "HTTP/1.1 404 Not Found"; returns the status, or 0 when the line is not HTTP.
-int parse_status_line(std::string_view line) {
-    if (line.size() < 12 || line.substr(0, 5) != "HTTP/" || line[8] != ' ' ||
-        (line.size() > 12 && line[12] != ' ')) {
-        return 0;
-    }
-    int status = 0;
-    for (std::size_t i = 9; i < 12; ++i) {
-        if (line[i] < '0' || line[i] > '9') {
-            return 0;
-        }
-        status = status * 10 + (line[i] - '0');
-    }
-    return status >= 100 ? status : 0;
-}
-
 probe_outcome http_get(SSL* ssl, int fd, const tls_check_options& options,
                        const session_state& state, const std::string& peer,
                        steady::time_point deadline, const std::string& timeout_text) {
@@ -337,6 +321,21 @@ std::optional<std::string> close_gracefully(SSL* ssl, int fd, steady::time_point
 }
 
 }  // namespace
+
+int parse_status_line(std::string_view line) {
+    if (line.size() < 12 || line.substr(0, 5) != "HTTP/" || line[8] != ' ' ||
+        (line.size() > 12 && line[12] != ' ')) {
+        return 0;
+    }
+    int status = 0;
+    for (std::size_t i = 9; i < 12; ++i) {
+        if (line[i] < '0' || line[i] > '9') {
+            return 0;
+        }
+        status = status * 10 + (line[i] - '0');
+    }
+    return status >= 100 ? status : 0;
+}
 
 bool looks_like_tls_record(std::string_view first_bytes) {
     if (first_bytes.empty()) {

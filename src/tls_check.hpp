@@ -7,6 +7,7 @@
 #include <chrono>
 #include <optional>
 #include <string>
+#include <string_view>
 
 namespace tcptunnel {
 
@@ -57,6 +58,11 @@ class tls_checker {
     tls_check_options options_;
     SSL_CTX* context_ = nullptr;
 };
+
+// The status of an HTTP/1.x status line such as "HTTP/1.1 404 Not Found" (read from a peer), or
+// 0 when the line is not one: "HTTP/", a version, a space, three digits from 100, then the end or
+// a space.
+int parse_status_line(std::string_view line);
 
 // True when the first bytes a peer sent could start a TLS record (content type 20-24, major
 // version 3); false for anything else, such as an HTTP answer or an SSH banner.

@@ -7,6 +7,7 @@
 
 #include "certificate_text.hpp"
 #include "config.hpp"
+#include "tls_check.hpp"
 
 using namespace std::chrono_literals;
 using tcptunnel::parse_probe_command_line;
@@ -164,4 +165,14 @@ TEST_CASE("the JSON line carries the same verdict and escapes what a peer sent")
           "\\\"gone\\\"\\u0001\",\"address\":\"[::1]:443\",\"not_after\":\"2026-12-04T14:59:43Z\","
           "\"http_status\":404,\"attempt\":1,\"max_attempts\":2,\"last\":false,"
           "\"retry_in_ms\":1500}\n");
+}
+
+TEST_CASE("an HTTP status line gives its status; anything else gives 0") {
+    CHECK(tcptunnel::parse_status_line("HTTP/1.1 200 OK") == 200);
+    CHECK(tcptunnel::parse_status_line("HTTP/1.0 404 Not Found") == 404);
+    CHECK(tcptunnel::parse_status_line("HTTP/1.1 301") == 301);
+    CHECK(tcptunnel::parse_status_line("HTTP/1.1 099 Low") == 0);
+    CHECK(tcptunnel::parse_status_line("HTTP/1.1 2000 OK") == 0);
+    CHECK(tcptunnel::parse_status_line("SSH-2.0-OpenSSH_9.0") == 0);
+    CHECK(tcptunnel::parse_status_line("") == 0);
 }
