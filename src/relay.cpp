@@ -241,8 +241,8 @@ asio::awaitable<relay::burst_end> relay::splice_burst(relay_direction& direction
 // apart: after the peer's FIN it is CLOSE_WAIT, after a reset closed. (After FINs both ways the
 // socket reads as closed too, so that case is left out.)
 bool relay::source_was_reset(relay_direction& direction) {
-    const auto& other = &direction == &client_to_upstream_ ? upstream_to_client_
-                                                           : client_to_upstream_;
+    const auto& other =
+        &direction == &client_to_upstream_ ? upstream_to_client_ : client_to_upstream_;
     return !other.fin_passed && is_closed(direction.from);
 }
 
