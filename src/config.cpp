@@ -11,14 +11,23 @@
 
 namespace tcptunnel {
 
+std::string quote_input(std::string_view text) {
+    return "\"" + escape_for_log(text, 80) + "\"";
+}
+
+std::chrono::milliseconds make_duration(const char* option, const std::string& text) {
+    try {
+        return parse_duration(text);
+    } catch (const parse_error& error) {
+        throw usage_error(std::string(option) + " " + quote_input(text) + ": " + error.what() +
+                          " (expected a duration such as 500ms, 10s or 2m)");
+    }
+}
+
 namespace {
 
 constexpr const char* legacy_usage =
     "usage: tcptunnel LOCAL_PORT REMOTE_HOST REMOTE_PORT [BIND_HOST], or tcptunnel --help";
-
-std::string quote_input(std::string_view text) {
-    return "\"" + escape_for_log(text, 80) + "\"";
-}
 
 listen_spec make_listen_spec(const std::string& text) {
     try {
@@ -50,15 +59,6 @@ const CLI::Validator decimal_count(
         return std::string();
     },
     "");
-
-std::chrono::milliseconds make_duration(const char* option, const std::string& text) {
-    try {
-        return parse_duration(text);
-    } catch (const parse_error& error) {
-        throw usage_error(std::string(option) + " " + quote_input(text) + ": " + error.what() +
-                          " (expected a duration such as 500ms, 10s or 2m)");
-    }
-}
 
 // The old script's form: LOCAL_PORT REMOTE_HOST REMOTE_PORT [BIND_HOST].
 command_line parse_legacy_form(int argc, const char* const* argv) {

@@ -6,6 +6,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "address.hpp"
@@ -65,6 +66,12 @@ class usage_error : public std::runtime_error {
 // "LOCAL_PORT REMOTE_HOST REMOTE_PORT [BIND_HOST]". Environment variables named
 // TCPTUNNEL_<OPTION> supply options not given as flags. Throws usage_error.
 command_line parse_command_line(int argc, const char* const* argv);
+
+// Text from the command line, quoted and escaped for an error line.
+std::string quote_input(std::string_view text);
+
+// Parses a duration option; a bad value is a usage_error naming the option.
+std::chrono::milliseconds make_duration(const char* option, const std::string& text);
 
 // Parses argv with `app`: returns the text to print for --help or --version, or nothing once the
 // options are read. A mistake becomes a one-line usage_error that points at `help_command`.

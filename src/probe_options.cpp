@@ -11,19 +11,6 @@ namespace tcptunnel {
 
 namespace {
 
-std::string quote_input(std::string_view text) {
-    return "\"" + escape_for_log(text, 80) + "\"";
-}
-
-std::chrono::milliseconds make_duration(const char* option, const std::string& text) {
-    try {
-        return parse_duration(text);
-    } catch (const parse_error& error) {
-        throw usage_error(std::string(option) + " " + quote_input(text) + ": " + error.what() +
-                          " (expected a duration such as 500ms, 10s or 2m)");
-    }
-}
-
 // The path goes into the request line as written: printable ASCII without spaces only.
 bool is_valid_http_path(std::string_view path) {
     return !path.empty() && path.size() <= 2048 && path.front() == '/' &&
