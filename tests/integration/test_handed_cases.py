@@ -21,16 +21,10 @@ import threading
 import time
 import unittest
 
-from tunnel_harness import (CommandTunnel, Listener, Tunnel, free_port, log_fields,
+from tunnel_harness import (CommandTunnel, Listener, Tunnel, connect, free_port, log_fields,
                             private_resolver_prefix, request_stats, wait_for_lines)
 
 PEER_TIMEOUT = 15.0
-
-
-def connect(port, timeout=PEER_TIMEOUT):
-    client = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    client.settimeout(timeout)
-    return client
 
 
 def read_until_end(client, piece=65536, pause=0.0):
@@ -84,7 +78,7 @@ class HalfCloseHasNoHiddenTimerTest(unittest.TestCase):
         return upstream
 
     def _exchange(self, tunnel):
-        client = connect(tunnel.port)
+        client = connect(tunnel.port, timeout=PEER_TIMEOUT)
         self.addCleanup(client.close)
         client.sendall(self.REQUEST)
         client.shutdown(socket.SHUT_WR)
@@ -159,7 +153,7 @@ class ResetKeepsRelayedBytesTest(unittest.TestCase):
 
     def _iteration(self, port, outcomes):
         try:
-            with connect(port) as client:
+            with connect(port, timeout=PEER_TIMEOUT) as client:
                 client.sendall(pattern(4096, 9))
                 received, ended = read_until_end(client, piece=16384, pause=0.01)
                 outcomes.append((client.getsockname()[1], len(received),
@@ -297,7 +291,7 @@ class UpstreamDownClientSeesWhyTest(unittest.TestCase):
         # A client that sends nothing: a clean close would read as b"" here; a reset raises,
         # in connect() already when it comes before the handshake is seen as complete.
         with self.assertRaises(ConnectionResetError):
-            with connect(port) as silent:
+            with connect(port, timeout=PEER_TIMEOUT) as silent:
                 silent.recv(1)
 
     def test_refused_upstream_resets_the_tls_client_and_logs_the_address(self):

@@ -12,16 +12,10 @@ import threading
 import time
 import unittest
 
-from tunnel_harness import (Listener, Tunnel, echo_handler, exchange, log_fields,
+from tunnel_harness import (Listener, Tunnel, connect, echo_handler, exchange, log_fields,
                             process_cpu_seconds, process_rss_kib, wait_for_lines)
 
 MIB = 1024 * 1024
-
-
-def connect(port, timeout=10.0):
-    client = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    client.settimeout(timeout)
-    return client
 
 
 def read_exactly(client, count, timeout=10.0):
@@ -72,10 +66,10 @@ class SmallSegmentsTailTest(unittest.TestCase):
         tunnel = Tunnel("--listen", "127.0.0.1:0", "--to", "127.0.0.1:%d" % upstream.port,
                         "--splice", mode)
         self.addCleanup(tunnel.stop)
-        other = connect(tunnel.port)
+        other = connect(tunnel.port, timeout=10.0)
         self.addCleanup(other.close)
         self.assertEqual(exchange(other, b"other"), b"other")
-        client = connect(tunnel.port)
+        client = connect(tunnel.port, timeout=10.0)
         self.addCleanup(client.close)
 
         client.sendall(b"go")
@@ -127,10 +121,10 @@ class BlockedReaderTest(unittest.TestCase):
         tunnel = Tunnel("--listen", "127.0.0.1:0", "--to", "127.0.0.1:%d" % upstream.port,
                         "--splice", mode)
         self.addCleanup(tunnel.stop)
-        with connect(tunnel.port) as warm_up:
+        with connect(tunnel.port, timeout=10.0) as warm_up:
             self.assertEqual(exchange(warm_up, b"x"), b"x")
         rss_idle = process_rss_kib(tunnel.pid)
-        client = connect(tunnel.port)
+        client = connect(tunnel.port, timeout=10.0)
         self.addCleanup(client.close)
 
         client.sendall(b"go")
@@ -200,7 +194,7 @@ class BulkBothWaysTest(unittest.TestCase):
                 sender.join(60)
             results[index] = (received, digest.digest() == hashlib.sha256(payload).digest())
 
-        side = connect(tunnel.port)
+        side = connect(tunnel.port, timeout=10.0)
         self.addCleanup(side.close)
         workers = [threading.Thread(target=transfer, args=(index,), daemon=True)
                    for index in range(connections)]
