@@ -192,6 +192,21 @@ bool peer_closed(const ssl_call& call) {
            ERR_GET_REASON(ERR_peek_last_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING;
 }
 
+// The reason of the TLS alert the call failed with, when the peer sent one; read it before any
+// other OpenSSL call replaces the error queue.
+std::optional<std::string> alert_received(const ssl_call& call) {
+    const auto code = ERR_peek_last_error();
+    if (call.ssl_error == SSL_ERROR_SSL && ERR_GET_LIB(code) == ERR_LIB_SSL &&
+        ERR_GET_REASON(code) >= SSL_AD_REASON_OFFSET) {
+        return openssl_error_text();
+    }
+    return std::nullopt;
+}
+
+std::string refusal_after_handshake(const std::string& peer, const std::string& alert) {
+    return peer + " refused the TLS session after the handshake: " + alert;
+}
+
 std::string first_line(std::string_view bytes) {
     const auto end = bytes.find_first_of("\r\n");
     return escape_for_log(bytes.substr(0, end), 80);
@@ -244,9 +259,12 @@ probe_outcome http_get(SSL* ssl, int fd, const tls_check_options& options,
     const auto sent = drive(ssl, fd, deadline, [&] {
         return SSL_write(ssl, request.data(), static_cast<int>(request.size()));
     });
+    // A failed write does not end the exchange: a server that refuses the client after the
+    // handshake (TLS 1.3) may have reset the connection already, its alert queued ahead of the
+    // reset, and that alert says why.
     std::string response;
     ssl_call received;
-    while (!sent.timed_out && sent.result > 0 && response.find('\n') == std::string::npos &&
+    while (!sent.timed_out && response.find('\n') == std::string::npos &&
            response.size() < status_line_limit) {
         char buffer[4096];
         received = drive(ssl, fd, deadline,
@@ -270,6 +288,9 @@ probe_outcome http_get(SSL* ssl, int fd, const tls_check_options& options,
         outcome.http_status = status;
         return outcome;
     }
+    if (const auto alert = alert_received(received)) {
+        return {"tls-error", "GET " + path + ": " + refusal_after_handshake(peer, *alert)};
+    }
     const auto& failed = sent.result <= 0 ? sent : received;
     if (failed.timed_out) {
         return {"timeout", "GET " + path + ": no answer from " + peer + " within " + timeout_text};
@@ -291,19 +312,13 @@ probe_outcome http_get(SSL* ssl, int fd, const tls_check_options& options,
 // after the client's side of the handshake has completed.
 std::optional<std::string> close_gracefully(SSL* ssl, int fd, steady::time_point deadline) {
     const auto until = std::min(deadline, steady::now() + close_grace);
-    for (;;) {
-        const int result = SSL_shutdown(ssl);
-        if (result >= 0) {
-            break;
-        }
-        const int error = SSL_get_error(ssl, result);
-        const short events = error == SSL_ERROR_WANT_READ    ? POLLIN
-                             : error == SSL_ERROR_WANT_WRITE ? POLLOUT
-                                                             : 0;
-        if (events == 0 || !wait_for(fd, events, until)) {
-            return std::nullopt;
-        }
+    // A close_notify that cannot be written (the server has reset the connection) still leaves
+    // what the server sent before its reset to be read.
+    const auto shutdown = drive(ssl, fd, until, [&] { return SSL_shutdown(ssl) >= 0 ? 1 : -1; });
+    if (shutdown.timed_out) {
+        return std::nullopt;
     }
+
     std::optional<std::string> alert;
     std::size_t drained = 0;
     while (drained < drain_limit) {
@@ -311,11 +326,7 @@ std::optional<std::string> close_gracefully(SSL* ssl, int fd, steady::time_point
         const auto read = drive(
             ssl, fd, until, [&] { return SSL_read(ssl, buffer, static_cast<int>(sizeof buffer)); });
         if (read.result <= 0) {
-            const auto code = ERR_peek_last_error();
-            if (read.ssl_error == SSL_ERROR_SSL && ERR_GET_LIB(code) == ERR_LIB_SSL &&
-                ERR_GET_REASON(code) >= SSL_AD_REASON_OFFSET) {
-                alert = openssl_error_text();
-            }
+            alert = alert_received(read);
             break;
         }
         drained += static_cast<std::size_t>(read.result);
@@ -466,7 +477,7 @@ probe_outcome tls_checker::check(int fd, const std::string& peer, steady::time_p
     if (outcome.word != "reset") {
         const auto alert = close_gracefully(ssl, fd, deadline);
         if (alert && outcome.word == "ok") {
-            return {"tls-error", peer + " refused the TLS session after the handshake: " + *alert};
+            return {"tls-error", refusal_after_handshake(peer, *alert)};
         }
     }
     return outcome;

@@ -271,6 +271,37 @@ class ProbeTest(unittest.TestCase):
                               "session after the handshake: tlsv13 alert certificate required"
                               % (server.port, server.port), 1)
 
+    @unittest.skipIf(os.geteuid() != 0, "needs root (real-time priority for the relay)")
+    def test_refusal_after_the_handshake_still_decides_when_the_probe_is_late(self):
+        # On a loaded machine the server's alert, and the reset its close sends, can both arrive
+        # before the probe writes its close_notify: the write fails, the alert is still queued.
+        self.check_late_probe_sees_the_refusal(
+            [], "tls-error 127.0.0.1:%d refused the TLS session after the handshake: "
+            "tlsv13 alert certificate required")
+
+    @unittest.skipIf(os.geteuid() != 0, "needs root (real-time priority for the relay)")
+    def test_refusal_after_the_handshake_still_decides_when_the_get_is_late(self):
+        self.check_late_probe_sees_the_refusal(
+            ["--http-get", "/"], "tls-error GET /: 127.0.0.1:%d refused the TLS session after "
+            "the handshake: tlsv13 alert certificate required")
+
+    def check_late_probe_sees_the_refusal(self, extra_args, expected_verdict):
+        with probe_servers.TlsServer(self.good.cert, self.good.key,
+                                     client_ca=self.ca.cert) as server, \
+                probe_servers.LateClientRelay(server.port) as relay:
+            target = "127.0.0.1:%d" % relay.port
+            process = subprocess.Popen([BINARY, "probe", "--to", target, *self.trusted(),
+                                        *extra_args],
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            relay.attach(process)
+            stdout, stderr = process.communicate(timeout=30)
+
+        self.assertIsNone(relay.error)
+        self.assertTrue(relay.client_stopped)
+        expected = "probe %s %s" % (target, expected_verdict % relay.port)
+        self.assertEqual(stdout.splitlines(), [expected], stderr)
+        self.assertEqual(process.returncode, 1)
+
     # --- HTTP ---------------------------------------------------------------------------------
 
     def test_http_get_of_a_served_path_is_ok(self):

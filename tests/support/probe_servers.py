@@ -6,6 +6,8 @@ Every server binds 127.0.0.1 on a port the kernel picks, and is ended by the tes
 
 import os
 import re
+import select
+import signal
 import socket
 import ssl
 import struct
@@ -179,6 +181,93 @@ class OpensslWwwServer:
                 self.process.wait()
         self._reader.join(5)
         self.process.stdout.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class LateClientRelay:
+    """Carries one client's TLS session to a server on loopback and makes the client late after
+    its side of the handshake, the way a loaded machine does, but every time.
+
+    When the client's last handshake flight arrives, the relay stops the client process
+    (SIGSTOP; the relay thread runs at real-time priority on the client's CPU, so the client gets
+    no further turn first), hands the flight to the server, passes on all the server answers
+    until it closes, and resets the client's connection; only then does it resume the client
+    (SIGCONT). Whatever the client does next meets a reset connection with the server's answer
+    still queued to be read. Needs root, for the real-time priority.
+    """
+
+    def __init__(self, server_port, cpu=0):
+        self.server_port = server_port
+        self.cpu = cpu
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.sock.settimeout(_IO_TIMEOUT)
+        self.port = self.sock.getsockname()[1]
+        self.client_stopped = False
+        self.error = None
+        self._client_pid = None
+        self._client_known = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def attach(self, process):
+        """Puts `process` (a Popen: the client) on the relay's CPU and lets the relay go on."""
+        os.sched_setaffinity(process.pid, {self.cpu})
+        self._client_pid = process.pid
+        self._client_known.set()
+
+    def _serve(self):
+        try:
+            os.sched_setaffinity(0, {self.cpu})
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+            client, _ = self.sock.accept()
+            with client, socket.create_connection(("127.0.0.1", self.server_port),
+                                                  timeout=_IO_TIMEOUT) as server:
+                self._relay(client, server)
+        except Exception as error:  # reported by the test through self.error
+            self.error = repr(error)
+        finally:
+            if self.client_stopped:
+                os.kill(self._client_pid, signal.SIGCONT)
+
+    def _relay(self, client, server):
+        if not self._client_known.wait(_IO_TIMEOUT):
+            raise RuntimeError("no client process attached")
+        server.sendall(client.recv(65536))
+
+        # The server's flight goes to the client until the client answers with its last one.
+        while True:
+            readable, _, _ = select.select([client, server], [], [], _IO_TIMEOUT)
+            if not readable:
+                raise TimeoutError("the handshake stalled")
+            if client in readable:
+                break
+            flight = server.recv(65536)
+            if not flight:
+                raise RuntimeError("the server closed during the handshake")
+            client.sendall(flight)
+
+        os.kill(self._client_pid, signal.SIGSTOP)
+        self.client_stopped = True
+        server.sendall(client.recv(65536))
+        answer = b""
+        try:
+            while chunk := server.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+        client.sendall(answer)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    def close(self):
+        self._thread.join(_IO_TIMEOUT)
+        self.sock.close()
 
     def __enter__(self):
         return self
