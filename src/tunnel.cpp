@@ -125,6 +125,32 @@ std::uint16_t claim_port_exclusively(const tcp::endpoint& endpoint, std::error_c
     return error ? 0 : probe.local_endpoint(error).port();
 }
 
+// Once the event loops have returned, the process is on its way out with status 0: a stop signal
+// has nothing left to stop, and its default action would turn that status into death by the
+// signal. Asio puts the default action back when it clears a signal set, so the signals are
+// blocked in this thread while the sets are cleared and ignored from then on; one that arrived
+// meanwhile is discarded as it is ignored.
+// Limitation: a signal the kernel hands to one of Asio's resolver threads in those few
+// microseconds still takes the default action.
+void ignore_signals_from_now_on(asio::signal_set& stop_signals, asio::signal_set& stats_signal) {
+    constexpr int handled_signals[] = {SIGINT, SIGTERM, SIGHUP, SIGUSR1};
+    sigset_t handled;
+    sigemptyset(&handled);
+    for (const int signal_number : handled_signals) {
+        sigaddset(&handled, signal_number);
+    }
+    pthread_sigmask(SIG_BLOCK, &handled, nullptr);
+
+    std::error_code ignored;
+    stop_signals.clear(ignored);
+    stats_signal.clear(ignored);
+    for (const int signal_number : handled_signals) {
+        std::signal(signal_number, SIG_IGN);
+    }
+
+    pthread_sigmask(SIG_UNBLOCK, &handled, nullptr);
+}
+
 }  // namespace
 
 bool dials_itself(const tcp::endpoint& upstream, const std::vector<tcp::endpoint>& listeners,
@@ -344,6 +370,7 @@ int run_tunnel(const tunnel_config& given_config) {
     for (auto& thread : threads) {
         thread.join();
     }
+    ignore_signals_from_now_on(stop_signals, stats_signal);
 
     for (auto& each : workers) {
         each->flush_failure_logs();
