@@ -271,7 +271,8 @@ class ProbeTest(unittest.TestCase):
                               "session after the handshake: tlsv13 alert certificate required"
                               % (server.port, server.port), 1)
 
-    @unittest.skipIf(os.geteuid() != 0, "needs root (real-time priority for the relay)")
+    @unittest.skipUnless(probe_servers.realtime_priority_allowed(),
+                         "the relay cannot take real-time priority here")
     def test_refusal_after_the_handshake_still_decides_when_the_probe_is_late(self):
         # On a loaded machine the server's alert, and the reset its close sends, can both arrive
         # before the probe writes its close_notify: the write fails, the alert is still queued.
@@ -279,7 +280,8 @@ class ProbeTest(unittest.TestCase):
             [], "tls-error 127.0.0.1:%d refused the TLS session after the handshake: "
             "tlsv13 alert certificate required")
 
-    @unittest.skipIf(os.geteuid() != 0, "needs root (real-time priority for the relay)")
+    @unittest.skipUnless(probe_servers.realtime_priority_allowed(),
+                         "the relay cannot take real-time priority here")
     def test_refusal_after_the_handshake_still_decides_when_the_get_is_late(self):
         self.check_late_probe_sees_the_refusal(
             ["--http-get", "/"], "tls-error GET /: 127.0.0.1:%d refused the TLS session after "

@@ -189,6 +189,23 @@ class OpensslWwwServer:
         self.close()
 
 
+def realtime_priority_allowed():
+    """Whether a thread of this process may take real-time priority (LateClientRelay needs it)."""
+    allowed = []
+
+    def try_it():
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+            allowed.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=try_it)
+    thread.start()
+    thread.join()
+    return bool(allowed)
+
+
 class LateClientRelay:
     """Carries one client's TLS session to a server on loopback and makes the client late after
     its side of the handshake, the way a loaded machine does, but every time.
@@ -198,7 +215,7 @@ class LateClientRelay:
     no further turn first), hands the flight to the server, passes on all the server answers
     until it closes, and resets the client's connection; only then does it resume the client
     (SIGCONT). Whatever the client does next meets a reset connection with the server's answer
-    still queued to be read. Needs root, for the real-time priority.
+    still queued to be read. Needs realtime_priority_allowed().
     """
 
     def __init__(self, server_port, cpu=0):
