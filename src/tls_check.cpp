@@ -16,6 +16,7 @@
 
 #include "certificate_text.hpp"
 #include "log.hpp"
+#include "tls_verify.hpp"
 
 namespace tcptunnel {
 
@@ -33,87 +34,12 @@ constexpr std::size_t drain_limit = 1 << 20;
 // Limitation: a server slower than this to send its refusal is reported as ok.
 constexpr auto close_grace = 2s;
 
-// One certificate problem found during verification, worded when found: the certificate it
-// names belongs to the verification context and is not kept.
-struct finding {
-    int error = X509_V_OK;
-    std::string detail;
-};
-
 // Per-handshake state that OpenSSL's callbacks fill in.
 struct session_state {
-    std::string trust_source;  // "CA file /tmp/ca.crt" or "the default store"
-    std::string server_name;
     std::string first_bytes;  // what the peer sent first, to tell a non-TLS answer
     int io_errno = 0;         // errno of the last failed socket read or write
-
-    std::optional<finding> untrusted;
-    std::optional<finding> expired;
-    std::optional<finding> not_yet_valid;
-    std::optional<finding> name_mismatch;
-    std::optional<finding> other;
+    certificate_findings certificates;
 };
-
-// Verification goes on past each problem (the callback returns 1) so that all of them are
-// seen and the most telling one can be reported; the handshake then completes, and the probe
-// closes it with close_notify instead of aborting with an alert the server would log.
-int record_verify_error(int preverified, X509_STORE_CTX* store) {
-    if (preverified == 1) {
-        return 1;
-    }
-    auto* ssl =
-        static_cast<SSL*>(X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
-    auto* state = static_cast<session_state*>(SSL_get_app_data(ssl));
-    const int error = X509_STORE_CTX_get_error(store);
-    const X509* cert = X509_STORE_CTX_get_current_cert(store);
-    const X509* leaf = X509_STORE_CTX_get0_cert(store);
-    if (cert == nullptr) {
-        cert = leaf;
-    }
-
-    std::optional<finding>* slot = &state->other;
-    std::string detail;
-    switch (error) {
-        case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
-        case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
-        case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
-        case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
-        case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
-        case X509_V_ERR_CERT_UNTRUSTED:
-        case X509_V_ERR_CERT_REJECTED:
-        case X509_V_ERR_CERT_SIGNATURE_FAILURE:
-        case X509_V_ERR_UNABLE_TO_DECRYPT_CERT_SIGNATURE:
-        case X509_V_ERR_INVALID_CA:
-            slot = &state->untrusted;
-            if (cert != nullptr) {
-                detail = "certificate " + name_text(X509_get_subject_name(cert)) + " (issuer " +
-                         name_text(X509_get_issuer_name(cert)) + ") ";
-            }
-            detail += "does not verify against " + state->trust_source + ": " +
-                      X509_verify_cert_error_string(error);
-            break;
-        case X509_V_ERR_CERT_HAS_EXPIRED:
-        case X509_V_ERR_CERT_NOT_YET_VALID:
-            slot = error == X509_V_ERR_CERT_HAS_EXPIRED ? &state->expired : &state->not_yet_valid;
-            detail = cert != nullptr ? validity_detail(cert) : "no certificate";
-            break;
-        case X509_V_ERR_HOSTNAME_MISMATCH:
-        case X509_V_ERR_IP_ADDRESS_MISMATCH:
-            slot = &state->name_mismatch;
-            detail = state->server_name + " is not among the certificate's names: " +
-                     (leaf != nullptr ? subject_alt_names(leaf) : "no certificate");
-            break;
-        default:
-            detail = std::string("certificate ") +
-                     (cert != nullptr ? name_text(X509_get_subject_name(cert)) : "?") + ": " +
-                     X509_verify_cert_error_string(error);
-            break;
-    }
-    if (!*slot) {
-        *slot = finding{error, std::move(detail)};
-    }
-    return 1;
-}
 
 // Keeps the first bytes the peer sent and the errno of a failed read or write: OpenSSL reports
 // a reset only as SSL_ERROR_SYSCALL, by which time errno may have been overwritten.
@@ -232,21 +158,6 @@ probe_outcome handshake_failure(const session_state& state, const ssl_call& call
                 "TLS handshake with " + peer + " failed: " + std::strerror(state.io_errno)};
     }
     return {"tls-error", "TLS handshake with " + peer + " failed: " + openssl_error_text()};
-}
-
-std::optional<probe_outcome> verification_failure(const session_state& state) {
-    const std::pair<const char*, const std::optional<finding>*> ranked[] = {
-        {"tls-untrusted", &state.untrusted},
-        {"tls-expired", &state.expired},
-        {"tls-not-yet-valid", &state.not_yet_valid},
-        {"tls-name-mismatch", &state.name_mismatch},
-        {"tls-error", &state.other}};
-    for (const auto& [word, found] : ranked) {
-        if (*found) {
-            return probe_outcome{word, (*found)->detail};
-        }
-    }
-    return std::nullopt;
 }
 
 probe_outcome http_get(SSL* ssl, int fd, const tls_check_options& options,
@@ -420,13 +331,15 @@ probe_outcome tls_checker::check(int fd, const std::string& peer, steady::time_p
         return {"error", "cannot make a TLS session: " + openssl_error_text()};
     }
     session_state state;
-    state.trust_source = options_.ca_file ? "CA file " + escape_for_log(*options_.ca_file, 200)
-                                          : "the default store";
-    state.server_name = options_.server_name;
+    auto& certificates = state.certificates;
+    certificates.trust_source = options_.ca_file
+                                    ? "CA file " + escape_for_log(*options_.ca_file, 200)
+                                    : "the default store";
+    certificates.server_name = options_.server_name;
     BIO_set_callback_ex(bio, record_io);
     BIO_set_callback_arg(bio, reinterpret_cast<char*>(&state));
     SSL_set_bio(ssl, bio, bio);
-    SSL_set_app_data(ssl, &state);
+    SSL_set_app_data(ssl, &certificates);
     // Read whole answers at once: a non-TLS peer's first line is then at hand for the detail.
     SSL_set_read_ahead(ssl, 1);
 
@@ -452,7 +365,7 @@ probe_outcome tls_checker::check(int fd, const std::string& peer, steady::time_p
         return handshake_failure(state, handshake, peer);
     }
 
-    auto outcome = verification_failure(state).value_or(probe_outcome{"ok", ""});
+    auto outcome = verification_failure(certificates).value_or(probe_outcome{"ok", ""});
     const X509* cert = SSL_get0_peer_certificate(ssl);
     if (cert != nullptr) {
         outcome.not_after = to_time_point(X509_get0_notAfter(cert));
