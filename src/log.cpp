@@ -1,5 +1,6 @@
 #include "log.hpp"
 
+#include <poll.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -12,6 +13,9 @@ namespace {
 
 std::atomic<log_level> current_level{log_level::info};
 std::atomic<log_format> current_format{log_format::text};
+
+// Lines left out because stderr could not take them; the next line that gets through says so.
+std::atomic<std::uint64_t> dropped_lines{0};
 
 void append_hex_escape(std::string& out, unsigned char c, std::string_view prefix) {
     constexpr char digits[] = "0123456789abcdef";
@@ -164,15 +168,26 @@ std::string render_log_line(log_format format, std::chrono::system_clock::time_p
     return line;
 }
 
-void log_event(log_level level, std::string_view event, std::initializer_list<log_field> fields) {
-    if (!log_enabled(level)) {
-        return;
-    }
-    const auto line = render_log_line(current_format.load(), std::chrono::system_clock::now(),
-                                      level, event, fields);
+namespace {
 
-    // One write per line; a short write to a pipe happens only beyond PIPE_BUF, and a line that
-    // long is still written whole by the loop, at worst next to another thread's line.
+// Whether stderr can take a line now. A log reader that stalls (a full pipe, a paused terminal)
+// must not stall the relay and the signal handling that share this thread, so a line it cannot
+// take is dropped and counted instead of waited for. A pipe that polls writable has room for at
+// least PIPE_BUF bytes, more than a log line with its capped values.
+// Limitation: threads that find the same last room at once may still wait for the reader.
+bool stderr_has_room() {
+    pollfd target{STDERR_FILENO, POLLOUT, 0};
+    int ready = 0;
+    do {
+        ready = ::poll(&target, 1, 0);
+    } while (ready < 0 && errno == EINTR);
+    // An error or hang-up counts as room: the write then fails at once.
+    return ready != 0;
+}
+
+// One write per line; a short write to a pipe happens only beyond PIPE_BUF, and a line that long
+// is still written whole by the loop, at worst next to another thread's line.
+void write_line(const std::string& line) {
     std::size_t written = 0;
     while (written < line.size()) {
         const auto result = ::write(STDERR_FILENO, line.data() + written, line.size() - written);
@@ -184,6 +199,26 @@ void log_event(log_level level, std::string_view event, std::initializer_list<lo
         }
         written += static_cast<std::size_t>(result);
     }
+}
+
+}  // namespace
+
+void log_event(log_level level, std::string_view event, std::initializer_list<log_field> fields) {
+    if (!log_enabled(level)) {
+        return;
+    }
+    if (!stderr_has_room()) {
+        dropped_lines.fetch_add(1, std::memory_order_relaxed);
+        return;
+    }
+
+    const auto format = current_format.load();
+    const auto now = std::chrono::system_clock::now();
+    if (const auto dropped = dropped_lines.exchange(0, std::memory_order_relaxed); dropped > 0) {
+        write_line(render_log_line(format, now, log_level::warn, "log_lines_dropped",
+                                   {{"count", dropped}, {"detail", "stderr was not being read"}}));
+    }
+    write_line(render_log_line(format, now, level, event, fields));
 }
 
 std::uint64_t log_rate_limiter::admit(std::chrono::steady_clock::time_point now) {
