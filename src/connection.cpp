@@ -119,9 +119,10 @@ void tunnel_stats::log(const char* when) const {
 
 void connection_handle::abort(const char* reason) {
     if (active_relay) {
-        active_relay->abort(reason);
+        active_relay->abort(reason, true);
     } else if (downstream) {
         std::error_code ignored;
+        downstream->set_option(asio::socket_base::linger(true, 0), ignored);
         downstream->close(ignored);
     }
 }

@@ -44,6 +44,8 @@ struct connection_handle {
     tcp::socket* downstream = nullptr;
     relay* active_relay = nullptr;  // set once the upstream is connected
 
+    // Ends the connection at the drain deadline or a second signal. The peers get a reset: a
+    // stream cut short must not look like a complete one (a bare end of stream explains nothing).
     void abort(const char* reason);
 };
 

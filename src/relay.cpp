@@ -72,10 +72,10 @@ asio::awaitable<void> relay::run() {
     asio::co_spawn(executor, pump_until_done(upstream_to_client_), asio::detached);
 
     co_await watchdog();
-    close_both();
+    close_both(false);
 }
 
-void relay::abort(const char* reason) {
+void relay::abort(const char* reason, bool reset_peers) {
     if (ending_) {
         return;
     }
@@ -85,7 +85,7 @@ void relay::abort(const char* reason) {
     // is logged as ended by that timeout.
     closed_by_ = "tunnel";
     how_ = reason;
-    close_both();
+    close_both(reset_peers);
 }
 
 void relay::note_end(const char* side, std::string how) {
@@ -100,8 +100,12 @@ void relay::note_progress(relay_direction& direction, std::size_t bytes) {
     last_activity_ = std::chrono::steady_clock::now();
 }
 
-void relay::close_both() {
+void relay::close_both(bool reset_peers) {
     std::error_code ignored;
+    if (reset_peers) {
+        downstream_.set_option(asio::socket_base::linger(true, 0), ignored);
+        upstream_.set_option(asio::socket_base::linger(true, 0), ignored);
+    }
     downstream_.close(ignored);
     upstream_.close(ignored);
 }
@@ -320,7 +324,7 @@ asio::awaitable<void> relay::watchdog() {
         }
 
         if (reason && clock::now() >= deadline) {
-            abort(reason);
+            abort(reason, false);
         } else {
             watchdog_timer_.expires_at(deadline);
             co_await watchdog_timer_.async_wait(use_nothrow);

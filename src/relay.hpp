@@ -48,8 +48,9 @@ class relay {
     // Returns when both directions are done. The sockets are closed by then.
     asio::awaitable<void> run();
 
-    // Ends the relay from outside (drain deadline): both sockets are closed at once.
-    void abort(const char* reason);
+    // Ends the relay from outside: both sockets are closed at once. With `reset_peers` both
+    // peers get a reset instead of an end of stream, for a cut that may fall mid-stream.
+    void abort(const char* reason, bool reset_peers);
 
     std::uint64_t bytes_from_client() const { return client_to_upstream_.bytes; }
     std::uint64_t bytes_from_upstream() const { return upstream_to_client_.bytes; }
@@ -76,7 +77,7 @@ class relay {
     asio::awaitable<void> watchdog();
     void note_progress(relay_direction& direction, std::size_t bytes);
     void note_end(const char* side, std::string how);
-    void close_both();
+    void close_both(bool reset_peers);
 
     tcp::socket& downstream_;
     tcp::socket& upstream_;

@@ -342,10 +342,12 @@ class ShutdownTest(unittest.TestCase):
                 self.assertIn("signal=%s" % number.name, stderr)
                 self.assertIn("closed_by=client how=fin", stderr)
 
-    def test_connection_left_open_is_closed_at_the_drain_timeout_and_the_exit_is_clean(self):
+    def test_connection_left_open_is_reset_at_the_drain_timeout_and_the_exit_is_clean(self):
+        # A reset on both sides: a stream cut short must not look complete to either peer.
         for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with self.subTest(signal=number.name):
                 tunnel, client = self._start("1s")
+                upstream_errors = len(self.upstream.errors)
 
                 signalled_at = time.monotonic()
                 tunnel.signal(number)
@@ -360,7 +362,12 @@ class ShutdownTest(unittest.TestCase):
                 self.assertEqual(status, 0)
                 self.assertGreaterEqual(exited_after, 0.9)
                 self.assertLess(exited_after, 2.0)
-                self.assertIn(ended, ("fin", "rst"))
+                self.assertEqual(ended, "rst")
+                deadline = time.monotonic() + 2.0
+                while len(self.upstream.errors) == upstream_errors and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                self.assertEqual([type(error) for error in self.upstream.errors[upstream_errors:]],
+                                 [ConnectionResetError])
                 _, stderr = tunnel.stop()
                 closes = [line for line in stderr.splitlines() if " close " in line]
                 self.assertEqual(len(closes), 1, stderr)
