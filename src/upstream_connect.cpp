@@ -1,5 +1,8 @@
 #include "upstream_connect.hpp"
 
+#include <algorithm>
+#include <cerrno>
+#include <initializer_list>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -62,23 +65,35 @@ std::string failure_detail(const connect_race& race) {
     return detail;
 }
 
+// Asio reports socket errors in a system category of its own, which compares equal neither to
+// std::system_category codes nor to std::errc conditions: errno values are compared by value,
+// whichever of the two categories carries them.
+bool is_errno(const std::error_code& error, std::initializer_list<int> values) {
+    if (error.category() != asio::error::get_system_category() &&
+        error.category() != std::system_category()) {
+        return false;
+    }
+    return std::find(values.begin(), values.end(), error.value()) != values.end();
+}
+
 }  // namespace
 
 std::string diagnosis_word(const std::error_code& error) {
     if (!error) {
         return "ok";
     }
-    if (error == asio::error::connection_refused) {
+    if (is_errno(error, {ECONNREFUSED})) {
         return "refused";
     }
-    if (error == asio::error::timed_out) {
+    if (is_errno(error, {ETIMEDOUT})) {
         return "timeout";
     }
-    if (error == asio::error::network_unreachable || error == asio::error::host_unreachable ||
-        error == std::errc::address_not_available) {
+    // A route that refuses locally fails the connect at once with its own errno: a prohibit
+    // route with EACCES, a blackhole route with EINVAL, a local firewall rule with EPERM.
+    if (is_errno(error, {ENETUNREACH, EHOSTUNREACH, EADDRNOTAVAIL, EACCES, EINVAL, EPERM})) {
         return "unreachable";
     }
-    if (error == asio::error::connection_reset || error == asio::error::broken_pipe) {
+    if (is_errno(error, {ECONNRESET, EPIPE})) {
         return "reset";
     }
     if (error == asio::error::host_not_found || error == asio::error::no_data) {

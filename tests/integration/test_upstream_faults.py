@@ -24,7 +24,7 @@ import termios
 import time
 import unittest
 
-from tunnel_harness import (CommandTunnel, Listener, NetNamespace, Tunnel, connect, echo_handler,
+from tunnel_harness import (BINARY, CommandTunnel, Listener, NetNamespace, Tunnel, connect, echo_handler,
                             exchange, log_fields, private_resolver_prefix, request_stats,
                             wait_for_lines)
 
@@ -319,3 +319,37 @@ class DeadAddressFamilyTest(NamespacedTest):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class RouteRefusedLocallyTest(unittest.TestCase):
+    """Routes in the tunnel's own namespace that fail a connect at once, each with its own errno:
+    `prohibit` (EACCES), `blackhole` (EINVAL), `unreachable` (EHOSTUNREACH). Each is a route to
+    nowhere, so the tunnel and the probe both say `unreachable`."""
+
+    ROUTES = {"prohibit": "198.51.100.1", "blackhole": "203.0.113.1", "unreachable": "192.0.2.1"}
+
+    def setUp(self):
+        self.space = NetNamespace("ttfroute%d" % os.getpid())
+        self.addCleanup(self.space.close)
+        for kind, address in self.ROUTES.items():
+            self.space.ip("route", "add", kind, address + "/32")
+
+    def test_each_refusing_route_is_unreachable_for_the_client_and_the_probe(self):
+        for kind, address in self.ROUTES.items():
+            with self.subTest(route=kind):
+                tunnel = CommandTunnel(self.space.exec_prefix(), "--listen", "127.0.0.1:0",
+                                       "--to", "%s:443" % address)
+                self.addCleanup(tunnel.stop)
+                client = self.space.call(connect, tunnel.port)
+                self.addCleanup(client.close)
+                _, ended = read_until_end(client, timeout=2.0)
+                probe = subprocess.run([*self.space.exec_prefix(), BINARY, "probe",
+                                        "--to", "%s:443" % address, "--timeout", "2s"],
+                                       capture_output=True, text=True, timeout=10)
+
+                self.assertEqual(ended, "rst")
+                failures = wait_for_lines(tunnel, "upstream_failed", 1)
+                self.assertEqual(log_fields(failures[0])["reason"], "unreachable", failures[0])
+                self.assertEqual(probe.returncode, 1, probe.stderr)
+                self.assertTrue(probe.stdout.startswith("probe %s:443 unreachable " % address),
+                                probe.stdout)
