@@ -4,6 +4,7 @@
 
 #include <CLI/CLI.hpp>
 #include <asio/version.hpp>
+#include <cstdlib>
 #include <cstring>
 
 #include "build_info.hpp"
@@ -15,11 +16,11 @@ std::string quote_input(std::string_view text) {
     return "\"" + escape_for_log(text, 80) + "\"";
 }
 
-std::chrono::milliseconds make_duration(const char* option, const std::string& text) {
+std::chrono::milliseconds make_duration(const std::string& option, const std::string& text) {
     try {
         return parse_duration(text);
     } catch (const parse_error& error) {
-        throw usage_error(std::string(option) + " " + quote_input(text) + ": " + error.what() +
+        throw usage_error(option + " " + quote_input(text) + ": " + error.what() +
                           " (expected a duration such as 500ms, 10s or 2m)");
     }
 }
@@ -29,14 +30,14 @@ namespace {
 constexpr const char* legacy_usage =
     "usage: tcptunnel LOCAL_PORT REMOTE_HOST REMOTE_PORT [BIND_HOST], or tcptunnel --help";
 
-listen_spec make_listen_spec(const std::string& text) {
+listen_spec make_listen_spec(const std::string& option, const std::string& text) {
     try {
         listen_spec spec;
         spec.endpoint = parse_endpoint(text, "localhost", true);
         spec.display = format_endpoint(spec.endpoint);
         return spec;
     } catch (const parse_error& error) {
-        throw usage_error("--listen " + quote_input(text) + ": " + error.what() +
+        throw usage_error(option + " " + quote_input(text) + ": " + error.what() +
                           " (expected HOST:PORT, [IPV6]:PORT or PORT)");
     }
 }
@@ -62,6 +63,13 @@ const CLI::Validator decimal_count(
 
 // The old script's form: LOCAL_PORT REMOTE_HOST REMOTE_PORT [BIND_HOST].
 command_line parse_legacy_form(int argc, const char* const* argv) {
+    for (int i = 2; i < argc; ++i) {
+        if (argv[i][0] == '-' && argv[i][1] == '-') {
+            throw usage_error("option " + quote_input(argv[i]) +
+                              " after a positional argument (options go with --listen and --to "
+                              "instead of the positional form; see tcptunnel --help)");
+        }
+    }
     if (argc < 4 || argc > 5) {
         throw usage_error(std::string("expected 3 or 4 arguments, got ") +
                           std::to_string(argc - 1) + " (" + legacy_usage + ")");
@@ -103,6 +111,22 @@ command_line parse_legacy_form(int argc, const char* const* argv) {
 
 }  // namespace
 
+std::string value_name(const CLI::App& app, int argc, const char* const* argv,
+                       const std::string& option) {
+    const CLI::Option* known = app.get_option_no_throw(option);
+    if (known == nullptr || known->get_envname().empty()) {
+        return option;
+    }
+    for (int i = 1; i < argc; ++i) {
+        const std::string_view argument = argv[i];
+        if (argument == option || argument.substr(0, option.size() + 1) == option + "=") {
+            return option;
+        }
+    }
+    const char* variable = std::getenv(known->get_envname().c_str());
+    return variable != nullptr && *variable != '\0' ? known->get_envname() : option;
+}
+
 std::optional<std::string> parse_or_explain(CLI::App& app, int argc, const char* const* argv,
                                             const std::string& help_command) {
     try {
@@ -121,6 +145,16 @@ std::optional<std::string> parse_or_explain(CLI::App& app, int argc, const char*
     } catch (const CLI::ParseError& error) {
         std::string message = error.what();
         std::replace(message.begin(), message.end(), '\n', ' ');
+        // CLI11 starts a bad value's line with the option's name.
+        const auto name_end = message.find(':');
+        if (message.rfind("--", 0) == 0 && name_end != std::string::npos) {
+            const auto option = message.substr(0, name_end);
+            auto problem = message.substr(name_end);
+            if (problem.find("At Most 1 required") != std::string::npos) {
+                problem = ": given more than once (expected it once)";
+            }
+            message = value_name(app, argc, argv, option) + problem;
+        }
         throw usage_error(message + " (see " + help_command + ")");
     }
     return std::nullopt;
@@ -200,8 +234,8 @@ command_line parse_command_line(int argc, const char* const* argv) {
     app.add_option("--threads", config.threads,
                    "Worker threads, each with its own event loop and SO_REUSEPORT listeners")
         ->capture_default_str()
-        ->check(CLI::Range(1u, 64u))
         ->check(decimal_count)
+        ->check(CLI::Range(1u, 64u))
         ->envname("TCPTUNNEL_THREADS");
     app.add_option("--splice", splice_text,
                    "Zero-copy splice(2) data path: auto (for bulk transfers), always or never")
@@ -240,32 +274,44 @@ command_line parse_command_line(int argc, const char* const* argv) {
         result.output = std::move(*text);
         return result;
     }
+    const auto named = [&](const char* option) { return value_name(app, argc, argv, option); };
 
     if (listen_texts.empty()) {
         listen_texts.push_back("localhost:18443");
     }
     for (const auto& text : listen_texts) {
-        config.listen.push_back(make_listen_spec(text));
+        auto spec = make_listen_spec(named("--listen"), text);
+        // Two listeners on one address would fail to bind, blaming the machine for a typo.
+        for (const auto& earlier : config.listen) {
+            if (spec.endpoint.port != 0 && earlier.endpoint.host == spec.endpoint.host &&
+                earlier.endpoint.port == spec.endpoint.port) {
+                throw usage_error(named("--listen") + " " + quote_input(text) +
+                                  ": listed twice (expected each address once)");
+            }
+        }
+        config.listen.push_back(std::move(spec));
     }
     try {
         config.upstream = parse_endpoint(upstream_text);
         config.upstream_display = format_endpoint(config.upstream);
     } catch (const parse_error& error) {
-        throw usage_error("--to " + quote_input(upstream_text) + ": " + error.what() +
+        throw usage_error(named("--to") + " " + quote_input(upstream_text) + ": " + error.what() +
                           " (expected HOST:PORT or [IPV6]:PORT)");
     }
-    config.connect_timeout = make_duration("--connect-timeout", connect_timeout_text);
+    config.connect_timeout = make_duration(named("--connect-timeout"), connect_timeout_text);
     if (config.connect_timeout.count() == 0) {
-        throw usage_error("--connect-timeout must be more than 0 (expected e.g. 10s)");
+        throw usage_error(named("--connect-timeout") + " must be more than 0 (expected e.g. 10s)");
     }
-    config.drain_timeout = make_duration("--drain-timeout", drain_timeout_text);
-    config.idle_timeout = make_duration("--idle-timeout", idle_timeout_text);
-    config.half_close_timeout = make_duration("--half-close-timeout", half_close_timeout_text);
+    config.drain_timeout = make_duration(named("--drain-timeout"), drain_timeout_text);
+    config.idle_timeout = make_duration(named("--idle-timeout"), idle_timeout_text);
+    config.half_close_timeout =
+        make_duration(named("--half-close-timeout"), half_close_timeout_text);
     for (const auto& text : allow_from_texts) {
         try {
             config.admission.allow_from.merge(parse_access_list(text));
         } catch (const parse_error& error) {
-            throw usage_error("--allow-from " + quote_input(text) + ": " + error.what() +
+            throw usage_error(named("--allow-from") + " " + quote_input(text) + ": " +
+                              error.what() +
                               " (expected CIDR[,CIDR...], e.g. 172.30.0.0/24,fd00::/64)");
         }
     }
@@ -278,15 +324,15 @@ command_line parse_command_line(int argc, const char* const* argv) {
                 return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '-';
             });
         if (!valid) {
-            throw usage_error("--sni " + quote_input(name) +
+            throw usage_error(named("--sni") + " " + quote_input(name) +
                               ": not a host name (expected letters, digits, '.' and '-')");
         }
         config.admission.allowed_names.push_back(name);
         config.admission.require_tls = true;
     }
-    config.admission.hello_timeout = make_duration("--hello-timeout", hello_timeout_text);
+    config.admission.hello_timeout = make_duration(named("--hello-timeout"), hello_timeout_text);
     if (config.admission.hello_timeout.count() == 0) {
-        throw usage_error("--hello-timeout must be more than 0 (expected e.g. 3s)");
+        throw usage_error(named("--hello-timeout") + " must be more than 0 (expected e.g. 3s)");
     }
     config.splice = splice_text == "always"  ? splice_mode::always
                     : splice_text == "never" ? splice_mode::never

@@ -71,7 +71,12 @@ command_line parse_command_line(int argc, const char* const* argv);
 std::string quote_input(std::string_view text);
 
 // Parses a duration option; a bad value is a usage_error naming the option.
-std::chrono::milliseconds make_duration(const char* option, const std::string& text);
+std::chrono::milliseconds make_duration(const std::string& option, const std::string& text);
+
+// The name `option`'s value came under, for an error line: the option itself, or its TCPTUNNEL_*
+// variable when the command line left the option out and the variable gave the value.
+std::string value_name(const CLI::App& app, int argc, const char* const* argv,
+                       const std::string& option);
 
 // Parses argv with `app`: returns the text to print for --help or --version, or nothing once the
 // options are read. A mistake becomes a one-line usage_error that points at `help_command`.

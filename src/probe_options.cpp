@@ -82,29 +82,30 @@ probe_command_line parse_probe_command_line(int argc, const char* const* argv) {
         result.output = std::move(*text);
         return result;
     }
+    const auto named = [&](const char* option) { return value_name(app, argc, argv, option); };
 
     try {
         options.target = parse_endpoint(target_text);
     } catch (const parse_error& error) {
-        throw usage_error("--to " + quote_input(target_text) + ": " + error.what() +
+        throw usage_error(named("--to") + " " + quote_input(target_text) + ": " + error.what() +
                           " (expected HOST:PORT or [IPV6]:PORT)");
     }
-    options.timeout = make_duration("--timeout", timeout_text);
+    options.timeout = make_duration(named("--timeout"), timeout_text);
     if (options.timeout.count() == 0) {
-        throw usage_error("--timeout must be more than 0 (expected e.g. 5s)");
+        throw usage_error(named("--timeout") + " must be more than 0 (expected e.g. 5s)");
     }
-    options.retry_delay = make_duration("--retry-delay", retry_delay_text);
-    options.retry_delay_max = make_duration("--retry-delay-max", retry_delay_max_text);
+    options.retry_delay = make_duration(named("--retry-delay"), retry_delay_text);
+    options.retry_delay_max = make_duration(named("--retry-delay-max"), retry_delay_max_text);
     options.json = format_text == "json";
 
     try {
         options.server_name = parse_endpoint(format_endpoint(options.server_name, 1)).host;
     } catch (const parse_error& error) {
-        throw usage_error("--server-name " + quote_input(options.server_name) + ": " +
+        throw usage_error(named("--server-name") + " " + quote_input(options.server_name) + ": " +
                           error.what() + " (expected a DNS name or an IP address)");
     }
     if (!http_path.empty() && !is_valid_http_path(http_path)) {
-        throw usage_error("--http-get " + quote_input(http_path) +
+        throw usage_error(named("--http-get") + " " + quote_input(http_path) +
                           ": expected a path starting with / and without spaces");
     }
 
@@ -121,7 +122,7 @@ probe_command_line parse_probe_command_line(int argc, const char* const* argv) {
     }
     if (app.count("--ca-cert") > 0) {
         if (ca_file.empty()) {
-            throw usage_error("--ca-cert needs a file name");
+            throw usage_error(named("--ca-cert") + " needs a file name");
         }
         options.ca_file = ca_file;
     }

@@ -97,6 +97,9 @@ class UsageErrorTest(unittest.TestCase):
             (["1", "", "1"], 'REMOTE_HOST "" REMOTE_PORT "1": empty host ' + LEGACY_USAGE),
             (["1", "h"], "expected 3 or 4 arguments, got 2 " + LEGACY_USAGE),
             (["1", "h", "1", "a", "b"], "expected 3 or 4 arguments, got 5 " + LEGACY_USAGE),
+            (["1", "h", "1", "--threads", "2"], 'option "--threads" after a positional argument '
+             "(options go with --listen and --to instead of the positional form; see tcptunnel "
+             "--help)"),
         ]
         for args, expected in cases:
             with self.subTest(args=args):
@@ -112,6 +115,12 @@ class UsageErrorTest(unittest.TestCase):
             (["--to", "127.0.0.1:0"],
              '--to "127.0.0.1:0": port out of range 1-65535 (expected HOST:PORT or [IPV6]:PORT)'),
             (["--bogus"], "unknown option --bogus (see tcptunnel --help)"),
+            (["--to", "127.0.0.1:1", "--to", "127.0.0.1:2"],
+             "--to: given more than once (expected it once) (see tcptunnel --help)"),
+            (["--threads", "x"], '--threads: "x" is not a decimal whole number (expected e.g. '
+             "100) (see tcptunnel --help)"),
+            (["--listen", "127.0.0.1:5099", "--listen", "127.0.0.1:5099"],
+             '--listen "127.0.0.1:5099": listed twice (expected each address once)'),
             (["--connect-timeout", "5x"], '--connect-timeout "5x": duration needs a unit: ms, s, '
              "m or h (expected a duration such as 500ms, 10s or 2m)"),
             (["--connect-timeout", "0"],
@@ -150,13 +159,21 @@ class UsageErrorTest(unittest.TestCase):
             with self.subTest(args=args):
                 self.assertIn(option, self.assert_usage_error(args))
 
-    def test_bad_value_in_a_tcptunnel_variable_is_a_usage_error(self):
-        line = self.assert_usage_error(["--to", "127.0.0.1:1"],
-                                       env={"TCPTUNNEL_CONNECT_TIMEOUT": "soon"})
-        self.assertIn("--connect-timeout \"soon\"", line)
-        line = self.assert_usage_error(["--to", "127.0.0.1:1"],
-                                       env={"TCPTUNNEL_MAX_CONNECTIONS": "-1"})
-        self.assertIn("--max-connections", line)
+    def test_bad_value_in_a_tcptunnel_variable_is_a_usage_error_naming_the_variable(self):
+        cases = [({"TCPTUNNEL_CONNECT_TIMEOUT": "soon"}, 'TCPTUNNEL_CONNECT_TIMEOUT "soon": '),
+                 ({"TCPTUNNEL_CONNECT_TIMEOUT": "0"}, "TCPTUNNEL_CONNECT_TIMEOUT must be "),
+                 ({"TCPTUNNEL_MAX_CONNECTIONS": "-1"}, "TCPTUNNEL_MAX_CONNECTIONS: "),
+                 ({"TCPTUNNEL_ALLOW_FROM": "10.0.0.0/33"}, 'TCPTUNNEL_ALLOW_FROM "10.0.0.0/33": '),
+                 ({"TCPTUNNEL_SPLICE": "sometimes"}, "TCPTUNNEL_SPLICE: ")]
+        for env, start in cases:
+            with self.subTest(env=env):
+                line = self.assert_usage_error(["--to", "127.0.0.1:1"], env=env)
+                self.assertTrue(line.startswith("tcptunnel: " + start), line)
+
+        # The command line wins over the variable, and its option is the one named.
+        line = self.assert_usage_error(["--to", "127.0.0.1:1", "--connect-timeout=soon"],
+                                       env={"TCPTUNNEL_CONNECT_TIMEOUT": "later"})
+        self.assertTrue(line.startswith('tcptunnel: --connect-timeout "soon": '), line)
 
 
 class ProcessTest(unittest.TestCase):

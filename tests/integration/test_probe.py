@@ -435,11 +435,19 @@ class ProbeTest(unittest.TestCase):
              "tcptunnel: probe: --timeout \"soon\": duration must start with a whole number "
              "(expected a duration such as 500ms, 10s or 2m)"),
             (["--bogus"], "tcptunnel: probe: unknown option --bogus (see tcptunnel probe --help)"),
+            # A bad value from a variable names the variable.
+            (["--to", "127.0.0.1:1", {"TCPTUNNEL_PROBE_TIMEOUT": "3"}],
+             "tcptunnel: probe: TCPTUNNEL_PROBE_TIMEOUT \"3\": duration needs a unit: ms, s, m or "
+             "h (expected a duration such as 500ms, 10s or 2m)"),
+            (["--to", "127.0.0.1:1", {"TCPTUNNEL_PROBE_RETRIES": "101"}],
+             "tcptunnel: probe: TCPTUNNEL_PROBE_RETRIES: Value 101 not in range 0 to 100 (see "
+             "tcptunnel probe --help)"),
         ]
         for args, expected in cases:
             with self.subTest(args=args):
+                env = args.pop() if isinstance(args[-1], dict) else None
 
-                result = probe(*args)
+                result = probe(*args, env=env)
 
                 self.assertEqual(result.stdout, "")
                 self.assertEqual(result.stderr.splitlines(), [expected])
