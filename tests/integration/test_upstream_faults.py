@@ -24,9 +24,9 @@ import termios
 import time
 import unittest
 
-from tunnel_harness import (BINARY, CommandTunnel, Listener, NetNamespace, Tunnel, connect, echo_handler,
-                            exchange, log_fields, private_resolver_prefix, request_stats,
-                            wait_for_lines)
+from tunnel_harness import (BINARY, CommandTunnel, Listener, NetNamespace, Tunnel, connect,
+                            echo_handler, exchange, log_fields, private_resolver_prefix,
+                            request_stats, wait_for_lines)
 
 # "Within about 300 ms" for a black-holed first address (the next starts after <= 250 ms), with
 # room for a loaded machine; "at once" for a first address that fails at once.
