@@ -6,6 +6,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <poll.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -299,10 +300,14 @@ std::optional<probe_outcome> tls_checker::load_trust() {
 
     const auto& path = *options_.ca_file;
     const auto shown = escape_for_log(path, 200);
+    // A directory opens for reading and then reads as empty: name it for what it is.
+    struct stat status {};
+    const bool is_directory = ::stat(path.c_str(), &status) == 0 && S_ISDIR(status.st_mode);
     errno = 0;
-    std::unique_ptr<BIO, decltype(&BIO_free)> file(BIO_new_file(path.c_str(), "r"), BIO_free);
+    std::unique_ptr<BIO, decltype(&BIO_free)> file(
+        is_directory ? nullptr : BIO_new_file(path.c_str(), "r"), BIO_free);
     if (!file) {
-        const int error = errno;
+        const int error = is_directory ? EISDIR : errno;
         ERR_clear_error();
         return probe_outcome{"ca-missing", "cannot read CA file " + shown + ": " +
                                                (error != 0 ? std::strerror(error) : "unknown")};

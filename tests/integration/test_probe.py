@@ -254,11 +254,14 @@ class ProbeTest(unittest.TestCase):
 
             absent = probe("--to", target, "--tls", "--ca-cert", missing)
             empty = probe("--to", target, "--tls", "--ca-cert", not_pem)
+            folder = probe("--to", target, "--tls", "--ca-cert", self.tmp)
 
         self.assert_only_line(absent, "probe %s ca-missing cannot read CA file %s: No such file "
                               "or directory" % (target, missing), 1)
         self.assert_only_line(empty, "probe %s ca-missing no PEM certificate in CA file %s"
                               % (target, not_pem), 1)
+        self.assert_only_line(folder, "probe %s ca-missing cannot read CA file %s: Is a "
+                              "directory" % (target, self.tmp), 1)
         self.assertEqual(server.accepted, 0)
 
     def test_server_that_demands_a_client_certificate_is_tls_error(self):
