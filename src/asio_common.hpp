@@ -1,8 +1,11 @@
 // The Asio vocabulary shared by the networking files.
 #pragma once
 
+#include <algorithm>
 #include <asio.hpp>
 #include <asio/experimental/as_tuple.hpp>
+#include <initializer_list>
+#include <system_error>
 
 namespace tcptunnel {
 
@@ -11,6 +14,19 @@ using asio::ip::tcp;
 // Completion token for coroutines on the data path: results come back as a tuple whose first
 // element is the error_code, so an expected outcome (EOF, reset, cancel) never throws.
 inline constexpr auto use_nothrow = asio::experimental::as_tuple(asio::use_awaitable);
+
+// Whether `error` carries one of these errno values. Asio reports socket errors in a system
+// category of its own, which compares equal neither to std::system_category codes nor to std::errc
+// conditions, while splice(2) errors come in the standard categories: the value is compared,
+// whichever system or generic category carries it.
+inline bool is_errno(const std::error_code& error, std::initializer_list<int> values) {
+    const auto& category = error.category();
+    if (category != asio::error::get_system_category() && category != std::system_category() &&
+        category != std::generic_category()) {
+        return false;
+    }
+    return std::find(values.begin(), values.end(), error.value()) != values.end();
+}
 
 }  // namespace tcptunnel
 

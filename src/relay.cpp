@@ -5,6 +5,8 @@
 #include <netinet/tcp.h>
 #include <sys/ioctl.h>
 
+#include <cerrno>
+
 namespace tcptunnel {
 
 namespace {
@@ -16,15 +18,14 @@ constexpr auto reset_drain_poll = std::chrono::milliseconds(5);
 
 // Errors come from Asio (its own category) and from splice(2) (the system category).
 bool is_reset(const std::error_code& error) {
-    return error == asio::error::connection_reset || error == asio::error::broken_pipe ||
-           error == std::errc::connection_reset || error == std::errc::broken_pipe;
+    return is_errno(error, {ECONNRESET, EPIPE});
 }
 
 std::string describe(const std::error_code& error) {
     if (is_reset(error)) {
         return "rst";
     }
-    if (error == asio::error::timed_out || error == std::errc::timed_out) {
+    if (is_errno(error, {ETIMEDOUT})) {
         return "timeout";
     }
     return "error: " + error.message();

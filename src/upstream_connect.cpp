@@ -1,8 +1,6 @@
 #include "upstream_connect.hpp"
 
-#include <algorithm>
 #include <cerrno>
-#include <initializer_list>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -63,17 +61,6 @@ std::string failure_detail(const connect_race& race) {
         detail += " (" + race.errors[i].message() + ")";
     }
     return detail;
-}
-
-// Asio reports socket errors in a system category of its own, which compares equal neither to
-// std::system_category codes nor to std::errc conditions: errno values are compared by value,
-// whichever of the two categories carries them.
-bool is_errno(const std::error_code& error, std::initializer_list<int> values) {
-    if (error.category() != asio::error::get_system_category() &&
-        error.category() != std::system_category()) {
-        return false;
-    }
-    return std::find(values.begin(), values.end(), error.value()) != values.end();
 }
 
 }  // namespace

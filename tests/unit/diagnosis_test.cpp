@@ -24,7 +24,9 @@ TEST_CASE("connect errors name their diagnosis word whichever category carries t
         CAPTURE(no_route);
         CHECK(diagnosis_word(asio_errno(no_route)) == "unreachable");
         CHECK(diagnosis_word(std::error_code(no_route, std::system_category())) == "unreachable");
+        CHECK(diagnosis_word(std::make_error_code(std::errc(no_route))) == "unreachable");
     }
     CHECK(diagnosis_word(asio_errno(EMFILE)) == "error");
-    CHECK(diagnosis_word(std::error_code(EACCES, std::generic_category())) == "error");
+    // The same number in a category that is not errno's means something else.
+    CHECK(diagnosis_word(std::error_code(EACCES, asio::error::get_misc_category())) == "error");
 }
