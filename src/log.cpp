@@ -214,9 +214,15 @@ void log_event(log_level level, std::string_view event, std::initializer_list<lo
 
     const auto format = current_format.load();
     const auto now = std::chrono::system_clock::now();
-    if (const auto dropped = dropped_lines.exchange(0, std::memory_order_relaxed); dropped > 0) {
-        write_line(render_log_line(format, now, log_level::warn, "log_lines_dropped",
-                                   {{"count", dropped}, {"detail", "stderr was not being read"}}));
+    // A plain load first: the exchange would make every line of every thread write the counter.
+    if (dropped_lines.load(std::memory_order_relaxed) > 0) {
+        // Another thread may have taken the count since.
+        if (const auto dropped = dropped_lines.exchange(0, std::memory_order_relaxed);
+            dropped > 0) {
+            write_line(
+                render_log_line(format, now, log_level::warn, "log_lines_dropped",
+                                {{"count", dropped}, {"detail", "stderr was not being read"}}));
+        }
     }
     write_line(render_log_line(format, now, level, event, fields));
 }
