@@ -9,11 +9,10 @@ import fcntl
 import os
 import re
 import signal
-import subprocess
 import time
 import unittest
 
-from tunnel_harness import BINARY, READY_PATTERN, Listener, connect, echo_handler, exchange
+from tunnel_harness import Listener, Tunnel, connect, echo_handler, exchange
 
 F_SETPIPE_SZ = 1031
 PIPE_SIZE = 16384
@@ -29,21 +28,11 @@ class StalledLogReaderTest(unittest.TestCase):
         self.log_reader, log_writer = os.pipe()
         self.addCleanup(os.close, self.log_reader)
         fcntl.fcntl(self.log_reader, F_SETPIPE_SZ, PIPE_SIZE)
-        self.process = subprocess.Popen(
-            [BINARY, "--listen", "127.0.0.1:0", "--to", "127.0.0.1:%d" % self.upstream.port],
-            stdout=subprocess.PIPE, stderr=log_writer, text=True)
+        self.tunnel = Tunnel("--listen", "127.0.0.1:0",
+                             "--to", "127.0.0.1:%d" % self.upstream.port, stderr=log_writer)
         os.close(log_writer)
-        self.addCleanup(self._end_process)
-
-        ready = READY_PATTERN.search(self.process.stdout.readline())
-        self.assertIsNotNone(ready)
-        self.port = int(ready.group(1).rsplit(":", 1)[1])
-
-    def _end_process(self):
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self.process.stdout.close()
+        self.addCleanup(self.tunnel.stop)
+        self.port = self.tunnel.port
 
     def relay_connections(self, count):
         for number in range(count):
@@ -64,8 +53,8 @@ class StalledLogReaderTest(unittest.TestCase):
         return b"".join(chunks).decode()
 
     def stop(self):
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=5)
+        self.tunnel.signal(signal.SIGTERM)
+        return self.tunnel.process.wait(timeout=5)
 
     def test_relay_and_shutdown_go_on_while_nobody_reads_stderr(self):
         self.relay_connections(CONNECTIONS)

@@ -29,14 +29,18 @@ def with_variant_options(args):
 
 
 class Tunnel:
-    """One tcptunnel process. Use as a context manager; stop() returns (exit status, stderr)."""
+    """One tcptunnel process. Use as a context manager; stop() returns (exit status, stderr).
 
-    def __init__(self, *args, env=None, ready_timeout=5.0, expect_ready=True, prefix=()):
+    Its stderr is read by the harness (see stderr()) unless `stderr` names a descriptor of the
+    test's own to write it to instead."""
+
+    def __init__(self, *args, env=None, ready_timeout=5.0, expect_ready=True, prefix=(),
+                 stderr=subprocess.PIPE):
         self.args = [*map(str, prefix), BINARY, *with_variant_options([str(a) for a in args])]
         full_env = dict(os.environ)
         full_env.update(env or {})
         self.process = subprocess.Popen(
-            self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env,
+            self.args, stdout=subprocess.PIPE, stderr=stderr, env=full_env,
             text=True, encoding="utf-8", errors="replace")
         self.ready_lines = []
         self._stderr_chunks = []
@@ -46,7 +50,7 @@ class Tunnel:
             self._wait_ready(ready_timeout)
 
     def _drain_stderr(self):
-        for line in self.process.stderr:
+        for line in self.process.stderr or ():
             self._stderr_chunks.append(line)
 
     def _wait_ready(self, timeout):
